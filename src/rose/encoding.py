@@ -1,0 +1,110 @@
+"""Turn records into token ids: chat template, prompt/response split, truncation, padding.
+
+Pool examples and preference pairs go through the same rendering (the tokenizer's chat template,
+or a plain `<|user|>`/`<|assistant|>` layout for models without one), so the SFT gradients of the
+pool and the DPO gradients of the target live in the same space. Only response tokens carry loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .formats import Example, Message, Origin, PreferencePair, TestPrompt
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of prompt + response; loss is on positions >= n_prompt."""
+
+    input_ids: tuple[int, ...]
+    n_prompt: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def render(tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Message], response: str) -> tuple[str, str]:
+    """Return (prompt text ending where the response starts, response text including its end marker)."""
+    if tokenizer.chat_template:
+        head = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
+        if not full.startswith(head):
+            raise ValueError("the chat template does not render the prompt as a prefix of prompt + response")
+        return head, full[len(head) :]
+    head = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in prompt) + "<|assistant|>\n"
+    return head, response + (tokenizer.eos_token or "")
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Sequence[Message],
+    response: str,
+    max_length: int,
+    origin: Origin,
+    field: str = "messages",
+) -> Encoded:
+    """Tokenise one prompt/response; cut the response to fit, and reject a prompt that leaves no room."""
+    head, tail = render(tokenizer, prompt, response)
+    prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    if len(prompt_ids) >= max_length:
+        raise origin.error(f"prompt is {len(prompt_ids)} tokens, at least max_length ({max_length}); raise model.max_length", field=field)
+    if not response_ids:
+        raise origin.error("response is empty after tokenisation", field=field)
+    return Encoded(tuple(prompt_ids + response_ids[: max_length - len(prompt_ids)]), len(prompt_ids))
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, ex: Example, max_length: int) -> Encoded:
+    return encode(tokenizer, ex.messages[:-1], ex.messages[-1]["content"], max_length, ex.origin)
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, pair: PreferencePair, max_length: int) -> tuple[Encoded, Encoded]:
+    return (
+        encode(tokenizer, pair.prompt, pair.chosen, max_length, pair.origin, "chosen"),
+        encode(tokenizer, pair.prompt, pair.rejected, max_length, pair.origin, "rejected"),
+    )
+
+
+def encode_test(tokenizer: PreTrainedTokenizerBase, item: TestPrompt, max_length: int) -> Encoded:
+    return encode(tokenizer, item.prompt, item.golden, max_length, item.origin, "prompt")
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence. labels: token id on response positions, IGNORE elsewhere."""
+    width = max(len(e) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        row = torch.tensor(e.input_ids, dtype=torch.long)
+        ids[i, : len(e)] = row
+        mask[i, : len(e)] = 1
+        labels[i, e.n_prompt : len(e)] = row[e.n_prompt :]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def token_batches(lengths: Sequence[int], max_tokens: int, max_examples: int | None = None) -> list[list[int]]:
+    """Group indices into batches of similar length whose padded size stays within `max_tokens`.
+
+    Sorting by length keeps padding small; an example longer than the budget gets a batch of its own.
+    Batches are returned longest first, so the largest memory use shows up at once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        full = (len(current) + 1) * width > max_tokens or (max_examples is not None and len(current) >= max_examples)
+        if current and full:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,38 @@
+"""Errors a user can act on. The CLI prints them in one line, without a traceback, and exits 2."""
+
+from __future__ import annotations
+
+
+class RoseError(Exception):
+    """Base class: something about the user's input, config or run directory is wrong."""
+
+
+class InputError(RoseError):
+    """A data or model file is missing or malformed; names the file, and the line/entry and field."""
+
+    def __init__(
+        self,
+        path: object,
+        message: str,
+        *,
+        line: int | None = None,
+        entry: int | str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.path, self.line, self.entry, self.field = str(path), line, entry, field
+        where = [self.path]
+        if line is not None:
+            where.append(f"line {line}")
+        if entry is not None:
+            where.append(f"entry {entry!r}" if isinstance(entry, str) else f"entry {entry}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(f"{', '.join(where)}: {message}")
+
+
+class ConfigError(RoseError):
+    """A config value is missing, mistyped or inconsistent."""
+
+
+class RunDirError(RoseError):
+    """A run directory holds results that do not belong to the current config."""

@@ -1,0 +1,370 @@
+"""Readers for every data format rose accepts, each row checked and turned into a typed record.
+
+Pool rows (LESS):            {"dataset", "id", "messages": [{"role", "content"}, ...]}
+Preference sets, three ways: the ROSE paper's dict keyed by prompt ({"responses", "pairs",
+                             "sft_target", "rejected_target"}), TRL rows ({"prompt", "chosen",
+                             "rejected"}) and Anthropic HH transcripts ({"chosen", "rejected"}).
+Test sets:                   [{"prompt", "golden_answer"}]
+
+Prompts written as Anthropic transcripts ("\\n\\nHuman: ...\\n\\nAssistant:") become chat messages,
+so every record is rendered through the model's own chat template (see `encoding.py`).
+Every error names the file, the line (jsonl) or entry (json), and the field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import InputError
+
+Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a record came from, so later errors (e.g. an over-long prompt) can point at it."""
+
+    path: str
+    line: int | None = None
+    entry: int | str | None = None
+
+    def error(self, message: str, field: str | None = None) -> InputError:
+        return InputError(self.path, message, line=self.line, entry=self.entry, field=field)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction-tuning example; the last message is the response that is trained on."""
+
+    id: str
+    source: str
+    messages: tuple[Message, ...]
+    row: dict[str, Any]
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt (as chat messages, ending with a user turn) and two responses, chosen first."""
+
+    id: str
+    prompt: tuple[Message, ...]
+    chosen: str
+    rejected: str
+    subtask: str
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class TestPrompt:
+    """A prompt with a reference answer, for golden-answer likelihood."""
+
+    id: str
+    prompt: tuple[Message, ...]
+    golden: str
+    subtask: str
+    origin: Origin
+
+
+# ----------------------------------------------------------------------------- raw records
+
+
+def _open_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise InputError(path, f"cannot read file: {e}") from e
+
+
+def _base_suffix(path: Path) -> str:
+    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[Origin, Any]]:
+    """Yield (origin, parsed JSON value) for each row of a .jsonl/.json file, gzipped or not.
+
+    A .json file holding a list yields its entries; one holding an object yields (key, value) pairs.
+    """
+    path = Path(path)
+    suffix = _base_suffix(path)
+    if suffix not in (".jsonl", ".json"):
+        raise InputError(path, "unsupported file type: expected .jsonl, .json, .jsonl.gz or .json.gz")
+    data = _open_bytes(path)
+    if suffix == ".jsonl":
+        for number, raw in enumerate(data.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            origin = Origin(str(path), line=number)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise origin.error(f"not valid UTF-8 (byte {e.start})") from e
+            try:
+                yield origin, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise origin.error(f"malformed JSON: {e.msg} at column {e.colno}") from e
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(path, f"not valid UTF-8 (byte {e.start})", line=line) from e
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"malformed JSON: {e.msg} at column {e.colno}", line=e.lineno) from e
+    if isinstance(doc, list):
+        for i, value in enumerate(doc):
+            yield Origin(str(path), entry=i), value
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            yield Origin(str(path), entry=key[:60]), (key, value)
+    else:
+        raise InputError(path, f"expected a JSON list or object at top level, got {type(doc).__name__}")
+
+
+def _field(origin: Origin, row: Any, name: str, kind: type | tuple[type, ...], prefix: str = "") -> Any:
+    if not isinstance(row, dict):
+        raise origin.error(f"expected a JSON object, got {type(row).__name__}")
+    if name not in row:
+        raise origin.error("missing field", field=prefix + name)
+    value = row[name]
+    if not isinstance(value, kind):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise origin.error(f"expected {want}, got {type(value).__name__}", field=prefix + name)
+    return value
+
+
+def _text(origin: Origin, row: Any, name: str, prefix: str = "") -> str:
+    value = _field(origin, row, name, str, prefix)
+    if not value.strip():
+        raise origin.error("empty text", field=prefix + name)
+    return value
+
+
+def _messages(origin: Origin, value: Any, field: str) -> tuple[Message, ...]:
+    if not isinstance(value, list) or not value:
+        raise origin.error("expected a non-empty list of messages", field=field)
+    out = []
+    for i, m in enumerate(value):
+        role = _field(origin, m, "role", str, f"{field}[{i}].")
+        if role not in ROLES:
+            raise origin.error(f"unknown role {role!r}; expected one of {ROLES}", field=f"{field}[{i}].role")
+        out.append({"role": role, "content": _text(origin, m, "content", f"{field}[{i}].")})
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------- transcripts
+
+_TURN = re.compile(r"\n\nHuman:|\n\nAssistant:")
+
+
+def parse_transcript(text: str, origin: Origin, field: str) -> tuple[Message, ...]:
+    """Turn "\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c" into user/assistant messages.
+
+    Text that does not start with a "Human:" turn is taken as one user message.
+    """
+    if not text.lstrip(" ").startswith("\n\nHuman:"):
+        return ({"role": "user", "content": text.strip()},)
+    marks = list(_TURN.finditer(text))
+    messages = []
+    for mark, nxt in zip(marks, marks[1:] + [None]):
+        body = text[mark.end() : nxt.start() if nxt else len(text)].strip()
+        role = "user" if "Human" in mark.group() else "assistant"
+        if body:
+            messages.append({"role": role, "content": body})
+    if not messages or messages[-1]["role"] != "user":
+        raise origin.error("the prompt must end with a Human turn", field=field)
+    return tuple(messages)
+
+
+def split_transcript(text: str, origin: Origin, field: str) -> tuple[str, str]:
+    """Split a full HH transcript into (prompt up to the last "Assistant:", response)."""
+    cut = text.rfind("\n\nAssistant:")
+    if cut < 0:
+        raise origin.error("no '\\n\\nAssistant:' turn in transcript", field=field)
+    cut += len("\n\nAssistant:")
+    return text[:cut], text[cut:]
+
+
+# ----------------------------------------------------------------------------- pool
+
+
+def read_pool(paths: Sequence[str | Path]) -> list[Example]:
+    """Read LESS-format instruction rows from one or more files, in order; ids must be unique."""
+    examples: list[Example] = []
+    seen: dict[str, Origin] = {}
+    for path in paths:
+        default_source = Path(path).name.split(".")[0]
+        for index, (origin, row) in enumerate(iter_records(path)):
+            messages = _messages(origin, _field(origin, row, "messages", list), "messages")
+            if messages[-1]["role"] != "assistant":
+                raise origin.error("the last message must be the assistant's response", field="messages")
+            if not any(m["role"] == "user" for m in messages[:-1]):
+                raise origin.error("no user message before the response", field="messages")
+            source = _field(origin, row, "dataset", str) if "dataset" in row else default_source
+            ex_id = _field(origin, row, "id", (str, int)) if "id" in row else f"{source}_{index}"
+            ex_id = str(ex_id)
+            if ex_id in seen:
+                first = seen[ex_id]
+                raise origin.error(f"duplicate id {ex_id!r} (first seen at {first.path} line {first.line})", field="id")
+            seen[ex_id] = origin
+            examples.append(Example(ex_id, source, messages, row, origin))
+    return examples
+
+
+# ----------------------------------------------------------------------------- preferences
+
+PreferenceFormat = Literal["auto", "rose", "trl", "hh"]
+PairChoice = Literal["target", "all"]
+
+
+def _detect_format(path: str | Path) -> str:
+    for origin, value in iter_records(path):
+        if isinstance(value, tuple):
+            return "rose"
+        if isinstance(value, dict) and "prompt" in value:
+            return "trl"
+        if isinstance(value, dict) and "chosen" in value:
+            return "hh"
+        raise origin.error("cannot tell the preference format; set format: rose, trl or hh")
+    raise InputError(path, "empty preference file")
+
+
+def _rose_pairs(path: str | Path, choice: PairChoice) -> Iterator[tuple[Origin, tuple[Message, ...], str, str]]:
+    for origin, value in iter_records(path):
+        if not isinstance(value, tuple):
+            raise origin.error("expected a JSON object keyed by prompt (ROSE format)")
+        prompt_text, row = value
+        prompt = parse_transcript(prompt_text, origin, "prompt")
+        if choice == "target":
+            yield origin, prompt, _text(origin, row, "sft_target"), _text(origin, row, "rejected_target")
+            continue
+        responses = _field(origin, row, "responses", list)
+        for j, pair in enumerate(_field(origin, row, "pairs", list)):
+            ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and 0 <= i < len(responses) for i in pair)
+            if not ok:
+                raise origin.error(f"expected [chosen_index, rejected_index] into responses, got {pair!r}", field=f"pairs[{j}]")
+            chosen, rejected = (responses[i] for i in pair)
+            for name, text in (("chosen", chosen), ("rejected", rejected)):
+                if not isinstance(text, str) or not text.strip():
+                    raise origin.error(f"{name} response is empty or not text", field=f"responses[{pair[0 if name == 'chosen' else 1]}]")
+            yield origin, prompt, chosen, rejected
+
+
+def _response_text(origin: Origin, row: dict, name: str) -> str:
+    value = _field(origin, row, name, (str, list))
+    if isinstance(value, list):  # TRL conversational: [{"role": "assistant", "content": ...}]
+        messages = _messages(origin, value, name)
+        if messages[-1]["role"] != "assistant":
+            raise origin.error("the last message must be the assistant's", field=name)
+        return messages[-1]["content"]
+    return _text(origin, row, name)
+
+
+def _trl_pairs(path: str | Path) -> Iterator[tuple[Origin, tuple[Message, ...], str, str, dict]]:
+    for origin, row in iter_records(path):
+        raw_prompt = _field(origin, row, "prompt", (str, list))
+        if isinstance(raw_prompt, list):
+            prompt = _messages(origin, raw_prompt, "prompt")
+        else:
+            prompt = parse_transcript(_text(origin, row, "prompt"), origin, "prompt")
+        yield origin, prompt, _response_text(origin, row, "chosen"), _response_text(origin, row, "rejected"), row
+
+
+def _hh_pairs(path: str | Path) -> Iterator[tuple[Origin, tuple[Message, ...], str, str]]:
+    for origin, row in iter_records(path):
+        p_chosen, chosen = split_transcript(_text(origin, row, "chosen"), origin, "chosen")
+        p_rejected, rejected = split_transcript(_text(origin, row, "rejected"), origin, "rejected")
+        if p_chosen != p_rejected:
+            raise origin.error("chosen and rejected transcripts have different prompts", field="rejected")
+        for name, text in (("chosen", chosen), ("rejected", rejected)):
+            if not text.strip():
+                raise origin.error("empty response after the last Assistant turn", field=name)
+        yield origin, parse_transcript(p_chosen, origin, "chosen"), chosen, rejected
+
+
+def read_preferences(
+    paths: Sequence[str | Path],
+    fmt: PreferenceFormat = "auto",
+    pairs: PairChoice = "target",
+    subtasks: str | int = "file",
+) -> list[PreferencePair]:
+    """Read preference pairs from files in any supported format, then assign subtasks.
+
+    `pairs` (ROSE format only): "target" takes the one (sft_target, rejected_target) pair per prompt
+    that ROSE's DPO validation gradient uses; "all" takes every listed pair.
+    `subtasks`: see `assign_subtasks`.
+    """
+    records: list[PreferencePair] = []
+    for path in paths:
+        kind = _detect_format(path) if fmt == "auto" else fmt
+        stem = Path(path).name.split(".")[0]
+        if kind == "rose":
+            rows = ((o, p, c, r, {}) for o, p, c, r in _rose_pairs(path, pairs))
+        elif kind == "trl":
+            rows = _trl_pairs(path)
+        elif kind == "hh":
+            rows = ((o, p, c, r, {}) for o, p, c, r in _hh_pairs(path))
+        else:
+            raise InputError(path, f"unknown preference format {kind!r}; expected auto, rose, trl or hh")
+        for i, (origin, prompt, chosen, rejected, row) in enumerate(rows):
+            subtask = row.get("subtask", "") if subtasks == "field" else stem
+            if subtasks == "field" and (not isinstance(subtask, str) or not subtask):
+                raise origin.error("expected a non-empty string", field="subtask")
+            records.append(PreferencePair(f"{stem}:{i}", prompt, chosen.strip(), rejected.strip(), subtask, origin))
+    if not records:
+        raise InputError(", ".join(map(str, paths)), "no preference pairs found")
+    return assign_subtasks(records, subtasks)
+
+
+def assign_subtasks(records: list, subtasks: str | int) -> list:
+    """Label records with the subtask that the paper's max-over-subtasks aggregation needs.
+
+    "file": one subtask per input file (already set by the reader). "field": each row's `subtask`
+    field (already set). "none": a single subtask. An integer N: N contiguous equal blocks in file
+    order, the layout of the ROSE paper's single-file validation sets (18 for SHP, 2 for HH).
+    """
+    if subtasks in ("file", "field"):
+        return records
+    if subtasks == "none":
+        return [replace(r, subtask="all") for r in records]
+    if isinstance(subtasks, int) and not isinstance(subtasks, bool) and subtasks > 0:
+        if len(records) % subtasks:
+            raise InputError(records[0].origin.path, f"{len(records)} records cannot be split into {subtasks} equal subtask blocks", field="subtasks")
+        size = len(records) // subtasks
+        return [replace(r, subtask=f"block{i // size:02d}") for i, r in enumerate(records)]
+    raise InputError(records[0].origin.path, f"unknown subtasks setting {subtasks!r}; expected file, field, none or a positive integer")
+
+
+# ----------------------------------------------------------------------------- test prompts
+
+
+def read_test_prompts(paths: Sequence[str | Path]) -> list[TestPrompt]:
+    """Read {prompt, golden_answer} rows; the subtask is the file's name."""
+    out = []
+    for path in paths:
+        stem = Path(path).name.split(".")[0]
+        for i, (origin, row) in enumerate(iter_records(path)):
+            prompt = parse_transcript(_text(origin, row, "prompt"), origin, "prompt")
+            out.append(TestPrompt(f"{stem}:{i}", prompt, _text(origin, row, "golden_answer").strip(), stem, origin))
+    return out
+
+
+def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
+    """Write rows as UTF-8 JSON lines (atomically: the file appears complete or not at all)."""
+    from .store import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

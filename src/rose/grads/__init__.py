@@ -1,0 +1,1 @@
+"""Per-example gradients: losses, Adam preconditioning, projection and collection."""

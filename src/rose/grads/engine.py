@@ -1,0 +1,119 @@
+"""Batched per-example LoRA gradients: many examples per forward/backward pass.
+
+For a linear map y = x W^T, the gradient of a sum of per-example losses w.r.t. W, restricted to
+example b, is sum_t dy[b, t]^T x[b, t]. Forward hooks on every LoRA `Linear` (lora_A and lora_B)
+keep x and y; one `autograd.grad` call returns dy for all of them at once (no .grad is written),
+and a batched matmul per module forms every example's gradient. Padding positions carry no loss,
+so their dy is zero and they add nothing. Examples don't interact (no batch statistics), so row b
+of the result is exactly example b's gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from ..encoding import Encoded, collate, token_batches
+from .losses import dpo_losses, response_logprobs, sft_losses
+
+
+class LoraTaps:
+    """Forward hooks that record the input and output of each LoRA weight's Linear module."""
+
+    def __init__(self, model: torch.nn.Module, param_names: Sequence[str]) -> None:
+        modules = dict(model.named_modules())
+        self.modules = []
+        for name in param_names:
+            owner = name.removesuffix(".weight")
+            if owner == name or not isinstance(modules.get(owner), torch.nn.Linear) or modules[owner].bias is not None:
+                raise ValueError(f"{name} is not the weight of a bias-free Linear; cannot take per-example gradients")
+            self.modules.append(modules[owner])
+        self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._handles: list = []
+
+    def __enter__(self) -> LoraTaps:
+        self._handles = [m.register_forward_hook(self._keep) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self.records.clear()
+
+    def _keep(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.records.append((args[0], output))
+
+    def per_example_grads(self, loss: torch.Tensor) -> torch.Tensor:
+        """[B, D] gradient of `loss` (a sum over rows) per row, in LoRA-parameter order."""
+        if len(self.records) != len(self.modules):
+            raise RuntimeError(f"expected {len(self.modules)} LoRA calls in the forward pass, saw {len(self.records)}")
+        inputs, outputs = zip(*self.records)
+        grad_outputs = torch.autograd.grad(loss, outputs)
+        parts = []
+        with torch.no_grad():
+            for x, dy in zip(inputs, grad_outputs):
+                # [B, T, out]^T @ [B, T, in] -> [B, out, in], summed over tokens in at least fp32
+                dtype = torch.promote_types(dy.dtype, torch.float32)
+                parts.append(torch.bmm(dy.transpose(1, 2).to(dtype), x.to(dtype)).flatten(1))
+        self.records.clear()
+        return torch.cat(parts, dim=1)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def sft_grads(
+    model: torch.nn.Module,
+    param_names: Sequence[str],
+    examples: Sequence[Encoded],
+    pad_id: int,
+    batch_tokens: int,
+    device: torch.device,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (indices into `examples`, [b, D] per-example gradients of the mean response NLL)."""
+    with LoraTaps(model, param_names) as taps:
+        for idx in token_batches([len(e) for e in examples], batch_tokens):
+            batch = _to(collate([examples[i] for i in idx], pad_id), device)
+            loss = sft_losses(*response_logprobs(model, batch)).sum()
+            yield idx, taps.per_example_grads(loss)
+
+
+def dpo_grads(
+    model: torch.nn.Module,
+    param_names: Sequence[str],
+    pairs: Sequence[tuple[Encoded, Encoded]],
+    reference_logps: torch.Tensor,
+    beta: float,
+    pad_id: int,
+    batch_tokens: int,
+    device: torch.device,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (pair indices, [b, D] gradients of each pair's DPO loss).
+
+    Chosen and rejected go through the network as separate rows of one batch; a pair's gradient is
+    the sum of its two rows' gradients of the summed DPO loss. reference_logps: [M, 2].
+    """
+    lengths = [max(len(c), len(r)) for c, r in pairs]
+    with LoraTaps(model, param_names) as taps:
+        for idx in token_batches(lengths, max(1, batch_tokens // 2)):
+            rows = [seq for i in idx for seq in pairs[i]]  # chosen_0, rejected_0, chosen_1, ...
+            logp, _ = response_logprobs(model, _to(collate(rows, pad_id), device))
+            ref = reference_logps[idx].to(device)
+            loss = dpo_losses(logp[0::2], logp[1::2], ref[:, 0], ref[:, 1], beta).sum()
+            grads = taps.per_example_grads(loss)
+            yield idx, grads[0::2] + grads[1::2]
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: torch.nn.Module, sequences: Sequence[Encoded], pad_id: int, batch_tokens: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N] summed response log-probs, [N] response token counts) without gradients."""
+    logps = torch.zeros(len(sequences))
+    counts = torch.zeros(len(sequences), dtype=torch.long)
+    for idx in token_batches([len(s) for s in sequences], batch_tokens):
+        logp, n = response_logprobs(model, _to(collate([sequences[i] for i in idx], pad_id), device))
+        logps[idx], counts[idx] = logp.float().cpu(), n.cpu()
+    return logps, counts

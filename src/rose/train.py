@@ -1,0 +1,176 @@
+"""LoRA training for the warm-up and the final fine-tune: AdamW, linear schedule, per-epoch checkpoints.
+
+Each checkpoint holds what the gradient stages need and what resuming needs: the adapter (PEFT
+format), the AdamW moments keyed by parameter name (never by position, the KeyError of LESS #4),
+and the learning rate of every step of that epoch. Under torchrun the model is wrapped in DDP and
+each process takes its share of every batch.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+
+from .config import TrainSettings
+from .distributed import Dist
+from .encoding import Encoded, collate
+from .grads.adam import AdamMoments
+from .grads.losses import response_logprobs, sft_losses
+from .models import lora_parameters
+from .store import atomic_path, load_tensors, read_json, save_tensors, write_json
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A saved epoch: adapter folder, optimizer moments, and that epoch's learning rates."""
+
+    path: Path
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    def state(self) -> dict:
+        return read_json(self.path / "state.json")
+
+    def mean_lr(self) -> float:
+        lrs = self.state()["lrs"]
+        return sum(lrs) / len(lrs)
+
+    def moments(self, names: Sequence[str]) -> AdamMoments:
+        """AdamW moments flattened in the order of `names` (zeros for a parameter never stepped)."""
+        tensors = load_tensors(self.path / "optimizer.safetensors")
+        state = self.state()
+        missing = [n for n in names if f"exp_avg.{n}" not in tensors]
+        if missing:
+            raise ValueError(f"{self.path}: optimizer state lacks {len(missing)} parameters, e.g. {missing[0]}")
+        m = torch.cat([tensors[f"exp_avg.{n}"].flatten() for n in names])
+        v = torch.cat([tensors[f"exp_avg_sq.{n}"].flatten() for n in names])
+        beta1, beta2 = state["adam_betas"]
+        return AdamMoments(m.float(), v.float(), beta1, beta2, state["adam_eps"])
+
+
+def lr_at(step: int, total: int, peak: float, warmup_ratio: float) -> float:
+    """Linear warm-up to `peak` over ceil(warmup_ratio * total) steps, then linear decay to 0."""
+    warm = math.ceil(warmup_ratio * total)
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * max(0.0, (total - step) / max(1, total - warm))
+
+
+def train_lora(
+    model: PeftModel,
+    examples: Sequence[Encoded],
+    cfg: TrainSettings,
+    out_dir: Path,
+    pad_id: int,
+    seed: int,
+    dist_ctx: Dist,
+    save_checkpoints: bool,
+    log: Callable[[str], None] = print,
+) -> list[Checkpoint]:
+    """Train the LoRA weights of `model` on `examples`; resume from the last complete epoch in out_dir.
+
+    The loss of a step is the mean over its examples of each example's mean response-token NLL,
+    the same loss whose per-example gradients the train-gradient stage takes.
+    """
+    params = lora_parameters(model)
+    device = next(iter(params.values())).device
+    optimizer = torch.optim.AdamW(
+        params.values(), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    checkpoints = [Checkpoint(out_dir / f"epoch-{e}") for e in range(1, cfg.epochs + 1)]
+    done = 0
+    while done < cfg.epochs and (checkpoints[done].path / "state.json").is_file():
+        done += 1
+    if done:
+        _restore(model, optimizer, checkpoints[done - 1], params)
+        log(f"resuming after epoch {done} from {checkpoints[done - 1].path}")
+    trainer = dist_ctx.wrap(model)
+    model.train()
+    bar = tqdm(total=total, initial=done * steps_per_epoch, desc="train", unit="step", disable=not dist_ctx.is_main)
+    for epoch in range(done, cfg.epochs):
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+        lrs, losses = [], []
+        for step in range(steps_per_epoch):
+            global_step = epoch * steps_per_epoch + step
+            lr = lr_at(global_step, total, cfg.lr, cfg.warmup_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            mine = batch[dist_ctx.rank :: dist_ctx.world]
+            loss_sum = _accumulate(trainer, [examples[i] for i in mine], examples[batch[0]], cfg.micro_batch_size, len(batch) / dist_ctx.world, pad_id, device)
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            lrs.append(lr)
+            losses.append(dist_ctx.sum(loss_sum) / len(batch))
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+        if dist_ctx.is_main and (save_checkpoints or epoch == cfg.epochs - 1):
+            _save(model, optimizer, params, checkpoints[epoch], cfg, epoch + 1, global_step + 1, lrs, losses)
+        dist_ctx.barrier()
+    bar.close()
+    model.eval()
+    return checkpoints if save_checkpoints else checkpoints[-1:]
+
+
+def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encoded, micro: int, scale: float,
+                pad_id: int, device: torch.device) -> float:
+    """Backward over micro-batches; returns this process's summed loss (for logging).
+
+    Each process divides by its share of the batch (`scale`); DDP then averages over processes,
+    so the gradient is the mean over the whole batch. A process with no rows in a short last batch
+    still joins the all-reduce, through `filler` with its loss multiplied by zero.
+    """
+    total = 0.0
+    chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)] or [[]]
+    for k, chunk in enumerate(chunks):
+        sync = k == len(chunks) - 1
+        with (trainer.no_sync() if hasattr(trainer, "no_sync") and not sync else nullcontext()):
+            batch = {key: v.to(device) for key, v in collate(chunk or [filler], pad_id).items()}
+            losses = sft_losses(*response_logprobs(trainer, batch))
+            (losses.sum() / scale * (1.0 if chunk else 0.0)).backward()
+            total += float(losses.detach().sum()) if chunk else 0.0
+    return total
+
+
+def _save(model: PeftModel, optimizer: torch.optim.Optimizer, params: dict, ckpt: Checkpoint, cfg: TrainSettings,
+          epoch: int, step: int, lrs: list[float], losses: list[float]) -> None:
+    with atomic_path(ckpt.path) as tmp:
+        model.save_pretrained(tmp / "adapter")
+        moments = {}
+        for name, p in params.items():
+            state = optimizer.state.get(p, {})
+            moments[f"exp_avg.{name}"] = state.get("exp_avg", torch.zeros_like(p))
+            moments[f"exp_avg_sq.{name}"] = state.get("exp_avg_sq", torch.zeros_like(p))
+            moments[f"step.{name}"] = torch.as_tensor(float(state.get("step", 0)))
+        save_tensors(tmp / "optimizer.safetensors", moments)
+        write_json(tmp / "state.json", {
+            "epoch": epoch, "global_step": step, "lrs": lrs, "losses": losses,
+            "adam_betas": list(cfg.adam_betas), "adam_eps": cfg.adam_eps, "weight_decay": cfg.weight_decay,
+        })
+
+
+def _restore(model: PeftModel, optimizer: torch.optim.Optimizer, ckpt: Checkpoint, params: dict) -> None:
+    from .models import load_adapter_weights
+
+    load_adapter_weights(model, ckpt.adapter)
+    tensors = load_tensors(ckpt.path / "optimizer.safetensors")
+    for name, p in params.items():
+        optimizer.state[p] = {
+            "step": tensors[f"step.{name}"].clone(),
+            "exp_avg": tensors[f"exp_avg.{name}"].to(p.device, p.dtype),
+            "exp_avg_sq": tensors[f"exp_avg_sq.{name}"].to(p.device, p.dtype),
+        }
+
