@@ -7,6 +7,7 @@ that file. Command-line overrides are `section.key=value`, the value parsed as Y
 from __future__ import annotations
 
 import dataclasses
+import os
 import glob
 import types
 import typing
@@ -77,6 +78,10 @@ class DataConfig:
     heldout_exclude_validation: bool = _f(True, "Drop held-out pairs whose prompt is a validation prompt.")
     test: list[str] = _f([], "Test prompts with golden answers ({prompt, golden_answer}); globs allowed.", path=True)
     test_limit: int | None = _f(None, "Use at most this many test prompts (seeded random sample).")
+    empty_responses: str = _f("error", "A preference pair or test answer with an empty response: error, or skip it.")
+
+    def __post_init__(self) -> None:
+        _choice("data.empty_responses", self.empty_responses, ("error", "skip"))
 
 
 @dataclass
@@ -232,7 +237,7 @@ def _resolve_paths(value: Any, base_dir: Path) -> Any:
     if isinstance(value, list):
         return [_resolve_paths(v, base_dir) for v in value]
     path = Path(value).expanduser()
-    return str(path if path.is_absolute() else (base_dir / path))
+    return os.path.normpath(path if path.is_absolute() else base_dir / path)
 
 
 def expand_globs(patterns: list[str]) -> list[str]:

@@ -63,10 +63,10 @@ def preference_accuracy(
 
 
 def golden_nll(
-    model: PeftModel, tests: Sequence[Encoded], subtasks: Sequence[str], pad_id: int, batch_tokens: int, device: torch.device
+    model: torch.nn.Module, tests: Sequence[Encoded], subtasks: Sequence[str], pad_id: int, batch_tokens: int, device: torch.device
 ) -> NllResult:
-    """Negative log-likelihood per golden-answer token, over all test prompts (and per subtask)."""
-    logp, count = _logps(model, tests, pad_id, batch_tokens, device, adapter=True)
+    """Negative log-likelihood per golden-answer token of `model` as it is, over all prompts and per subtask."""
+    logp, count = sequence_logprobs(model, tests, pad_id, batch_tokens, device)
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for s, lp, n in zip(subtasks, logp.tolist(), count.tolist()):
         sums[s][0] -= lp
@@ -74,6 +74,3 @@ def golden_nll(
     tokens = int(count.sum())
     return NllResult(float(-logp.sum() / max(1, tokens)), len(tests), tokens, {s: v[0] / max(1, v[1]) for s, v in sums.items()})
 
-
-def as_dict(result: PreferenceResult | NllResult) -> dict:
-    return asdict(result)

@@ -172,9 +172,11 @@ _TURN = re.compile(r"\n\nHuman:|\n\nAssistant:")
 
 
 def parse_transcript(text: str, origin: Origin, field: str) -> tuple[Message, ...]:
-    """Turn "\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c" into user/assistant messages.
+    """Turn "\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:" into user/assistant messages.
 
-    Text that does not start with a "Human:" turn is taken as one user message.
+    Empty turns (such as the final "Assistant:" cue) are dropped; a few HH prompts end with an
+    assistant turn, which then stays the last message. Text that does not start with a "Human:"
+    turn is taken as one user message.
     """
     if not text.lstrip(" ").startswith("\n\nHuman:"):
         return ({"role": "user", "content": text.strip()},)
@@ -185,18 +187,28 @@ def parse_transcript(text: str, origin: Origin, field: str) -> tuple[Message, ..
         role = "user" if "Human" in mark.group() else "assistant"
         if body:
             messages.append({"role": role, "content": body})
-    if not messages or messages[-1]["role"] != "user":
-        raise origin.error("the prompt must end with a Human turn", field=field)
+    if not any(m["role"] == "user" for m in messages):
+        raise origin.error("the prompt has no non-empty Human turn", field=field)
     return tuple(messages)
 
 
-def split_transcript(text: str, origin: Origin, field: str) -> tuple[str, str]:
-    """Split a full HH transcript into (prompt up to the last "Assistant:", response)."""
-    cut = text.rfind("\n\nAssistant:")
+def split_transcripts(chosen: str, rejected: str, origin: Origin) -> tuple[str, str, str]:
+    """Split two HH transcripts into (shared prompt, chosen response, rejected response).
+
+    The prompt is the dialogue both share, up to and including its last "\\n\\nAssistant:". For
+    well-formed pairs that is each transcript's last Assistant turn; a few HH-RLHF pairs diverge
+    earlier, and then the responses carry the rest of each dialogue.
+    """
+    shared = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        shared += 1
+    cut = chosen.rfind("\n\nAssistant:", 0, shared)
     if cut < 0:
-        raise origin.error("no '\\n\\nAssistant:' turn in transcript", field=field)
+        raise origin.error("the two transcripts share no '\\n\\nAssistant:' turn", field="chosen")
     cut += len("\n\nAssistant:")
-    return text[:cut], text[cut:]
+    return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
 # ----------------------------------------------------------------------------- pool
@@ -250,18 +262,17 @@ def _rose_pairs(path: str | Path, choice: PairChoice) -> Iterator[tuple[Origin, 
         prompt_text, row = value
         prompt = parse_transcript(prompt_text, origin, "prompt")
         if choice == "target":
-            yield origin, prompt, _text(origin, row, "sft_target"), _text(origin, row, "rejected_target")
+            yield origin, prompt, _field(origin, row, "sft_target", str), _field(origin, row, "rejected_target", str)
             continue
         responses = _field(origin, row, "responses", list)
         for j, pair in enumerate(_field(origin, row, "pairs", list)):
             ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and 0 <= i < len(responses) for i in pair)
             if not ok:
                 raise origin.error(f"expected [chosen_index, rejected_index] into responses, got {pair!r}", field=f"pairs[{j}]")
-            chosen, rejected = (responses[i] for i in pair)
-            for name, text in (("chosen", chosen), ("rejected", rejected)):
-                if not isinstance(text, str) or not text.strip():
-                    raise origin.error(f"{name} response is empty or not text", field=f"responses[{pair[0 if name == 'chosen' else 1]}]")
-            yield origin, prompt, chosen, rejected
+            for i in pair:
+                if not isinstance(responses[i], str):
+                    raise origin.error(f"expected str, got {type(responses[i]).__name__}", field=f"responses[{i}]")
+            yield origin, prompt, responses[pair[0]], responses[pair[1]]
 
 
 def _response_text(origin: Origin, row: dict, name: str) -> str:
@@ -271,7 +282,7 @@ def _response_text(origin: Origin, row: dict, name: str) -> str:
         if messages[-1]["role"] != "assistant":
             raise origin.error("the last message must be the assistant's", field=name)
         return messages[-1]["content"]
-    return _text(origin, row, name)
+    return value
 
 
 def _trl_pairs(path: str | Path) -> Iterator[tuple[Origin, tuple[Message, ...], str, str, dict]]:
@@ -286,14 +297,8 @@ def _trl_pairs(path: str | Path) -> Iterator[tuple[Origin, tuple[Message, ...], 
 
 def _hh_pairs(path: str | Path) -> Iterator[tuple[Origin, tuple[Message, ...], str, str]]:
     for origin, row in iter_records(path):
-        p_chosen, chosen = split_transcript(_text(origin, row, "chosen"), origin, "chosen")
-        p_rejected, rejected = split_transcript(_text(origin, row, "rejected"), origin, "rejected")
-        if p_chosen != p_rejected:
-            raise origin.error("chosen and rejected transcripts have different prompts", field="rejected")
-        for name, text in (("chosen", chosen), ("rejected", rejected)):
-            if not text.strip():
-                raise origin.error("empty response after the last Assistant turn", field=name)
-        yield origin, parse_transcript(p_chosen, origin, "chosen"), chosen, rejected
+        prompt, chosen, rejected = split_transcripts(_text(origin, row, "chosen"), _text(origin, row, "rejected"), origin)
+        yield origin, parse_transcript(prompt, origin, "chosen"), chosen, rejected
 
 
 def read_preferences(
@@ -301,12 +306,14 @@ def read_preferences(
     fmt: PreferenceFormat = "auto",
     pairs: PairChoice = "target",
     subtasks: str | int = "file",
+    empty: Literal["error", "skip"] = "error",
 ) -> list[PreferencePair]:
     """Read preference pairs from files in any supported format, then assign subtasks.
 
     `pairs` (ROSE format only): "target" takes the one (sft_target, rejected_target) pair per prompt
     that ROSE's DPO validation gradient uses; "all" takes every listed pair.
-    `subtasks`: see `assign_subtasks`.
+    `subtasks`: see `assign_subtasks`. `empty`: a pair with an empty response is an error, or is
+    skipped (HH-RLHF's own test split has a few).
     """
     records: list[PreferencePair] = []
     for path in paths:
@@ -321,6 +328,11 @@ def read_preferences(
         else:
             raise InputError(path, f"unknown preference format {kind!r}; expected auto, rose, trl or hh")
         for i, (origin, prompt, chosen, rejected, row) in enumerate(rows):
+            blank = [name for name, text in (("chosen", chosen), ("rejected", rejected)) if not text.strip()]
+            if blank and empty == "skip":
+                continue
+            if blank:
+                raise origin.error("empty response", field=blank[0])
             subtask = row.get("subtask", "") if subtasks == "field" else stem
             if subtasks == "field" and (not isinstance(subtask, str) or not subtask):
                 raise origin.error("expected a non-empty string", field="subtask")
@@ -334,32 +346,40 @@ def assign_subtasks(records: list, subtasks: str | int) -> list:
     """Label records with the subtask that the paper's max-over-subtasks aggregation needs.
 
     "file": one subtask per input file (already set by the reader). "field": each row's `subtask`
-    field (already set). "none": a single subtask. An integer N: N contiguous equal blocks in file
-    order, the layout of the ROSE paper's single-file validation sets (18 for SHP, 2 for HH).
+    field (already set). "none": a single subtask. An integer N: N contiguous equal blocks of prompts
+    in file order, the layout of the ROSE paper's single-file validation sets (18 for SHP, 2 for HH).
     """
     if subtasks in ("file", "field"):
         return records
     if subtasks == "none":
         return [replace(r, subtask="all") for r in records]
     if isinstance(subtasks, int) and not isinstance(subtasks, bool) and subtasks > 0:
-        if len(records) % subtasks:
-            raise InputError(records[0].origin.path, f"{len(records)} records cannot be split into {subtasks} equal subtask blocks", field="subtasks")
-        size = len(records) // subtasks
-        return [replace(r, subtask=f"block{i // size:02d}") for i, r in enumerate(records)]
+        # blocks count prompts (file entries), not pairs: a ROSE prompt can hold several pairs
+        units = list(dict.fromkeys((r.origin.path, r.origin.line, r.origin.entry) for r in records))
+        if len(units) % subtasks:
+            raise InputError(records[0].origin.path, f"{len(units)} prompts cannot be split into {subtasks} equal subtask blocks", field="subtasks")
+        size = len(units) // subtasks
+        block = {u: i // size for i, u in enumerate(units)}
+        return [replace(r, subtask=f"block{block[(r.origin.path, r.origin.line, r.origin.entry)]:02d}") for r in records]
     raise InputError(records[0].origin.path, f"unknown subtasks setting {subtasks!r}; expected file, field, none or a positive integer")
 
 
 # ----------------------------------------------------------------------------- test prompts
 
 
-def read_test_prompts(paths: Sequence[str | Path]) -> list[TestPrompt]:
-    """Read {prompt, golden_answer} rows; the subtask is the file's name."""
+def read_test_prompts(paths: Sequence[str | Path], empty: Literal["error", "skip"] = "error") -> list[TestPrompt]:
+    """Read {prompt, golden_answer} rows; the subtask is the file's name. `empty`: as in read_preferences."""
     out = []
     for path in paths:
         stem = Path(path).name.split(".")[0]
         for i, (origin, row) in enumerate(iter_records(path)):
             prompt = parse_transcript(_text(origin, row, "prompt"), origin, "prompt")
-            out.append(TestPrompt(f"{stem}:{i}", prompt, _text(origin, row, "golden_answer").strip(), stem, origin))
+            golden = _field(origin, row, "golden_answer", str).strip()
+            if not golden and empty == "skip":
+                continue
+            if not golden:
+                raise origin.error("empty response", field="golden_answer")
+            out.append(TestPrompt(f"{stem}:{i}", prompt, golden, stem, origin))
     return out
 
 

@@ -39,7 +39,7 @@ def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-KEY_METRICS = ("planted_precision", "base_rate", "heldout_pref_acc", "reward_margin", "golden_nll", "n_pairs", "n_selected", "n_pool")
+KEY_METRICS = ("planted_precision", "base_rate", "heldout_pref_acc", "reward_margin", "golden_nll", "base_golden_nll", "n_pairs", "n_selected", "n_pool")
 
 
 def summary_rows(summary: dict) -> list[tuple[str, str]]:

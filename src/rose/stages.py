@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -81,22 +81,25 @@ class Run:
             raise InputError("data.pool", "no pool files configured", field="data.pool")
         return files
 
+    def _fit(self, items: list, encode_one, what: str) -> tuple[list, list]:
+        """Encode items; one whose prompt exceeds max_length is an error, or dropped (model.overlong=skip)."""
+        kept, encoded = [], []
+        for item in tqdm(items, desc=f"tokenise {what}", unit="ex", disable=not self.dist.is_main or len(items) < 2000):
+            try:
+                encoded.append(encode_one(self.tokenizer, item, self.config.model.max_length))
+                kept.append(item)
+            except InputError:
+                if self.config.model.overlong != "skip":
+                    raise
+        if len(kept) < len(items):
+            log.warning("skipped %d %s items whose prompt exceeds model.max_length=%d", len(items) - len(kept), what, self.config.model.max_length)
+        return kept, encoded
+
     @cached_property
     def _pool(self) -> tuple[list[Example], list[Encoded]]:
-        cfg = self.config
         rows = read_pool(self.pool_files)
-        rows = [rows[i] for i in _sample(len(rows), cfg.data.pool_limit, cfg.seed)]
-        examples, encoded, skipped = [], [], 0
-        for ex in tqdm(rows, desc="tokenise pool", unit="ex", disable=not self.dist.is_main or len(rows) < 2000):
-            try:
-                encoded.append(encode_example(self.tokenizer, ex, cfg.model.max_length))
-                examples.append(ex)
-            except InputError:
-                if cfg.model.overlong != "skip":
-                    raise
-                skipped += 1
-        if skipped:
-            log.warning("skipped %d pool examples whose prompt exceeds model.max_length=%d", skipped, cfg.model.max_length)
+        rows = [rows[i] for i in _sample(len(rows), self.config.data.pool_limit, self.config.seed)]
+        examples, encoded = self._fit(rows, encode_example, "pool")
         if not examples:
             raise InputError(", ".join(self.pool_files), "the pool is empty")
         return examples, encoded
@@ -113,32 +116,38 @@ class Run:
         files = expand_globs(source.paths)
         if not files:
             raise InputError("data", "no preference files configured", field="paths")
-        pairs = read_preferences(files, source.format, source.pairs, source.subtasks)
+        pairs = read_preferences(files, source.format, source.pairs, source.subtasks, self.config.data.empty_responses)
         return [pairs[i] for i in _sample(len(pairs), source.limit, self.config.seed + seed_offset)]
 
     @cached_property
+    def validation_set(self) -> tuple[list[PreferencePair], list[tuple[Encoded, Encoded]]]:
+        pairs, encoded = self._fit(self.preferences(self.config.data.validation, 1), encode_pair, "validation")
+        if not pairs:
+            raise InputError(", ".join(self.config.data.validation.paths), "no usable validation pairs")
+        return pairs, encoded
+
+    @property
     def validation(self) -> list[PreferencePair]:
-        return self.preferences(self.config.data.validation, 1)
+        return self.validation_set[0]
 
     @cached_property
-    def heldout(self) -> list[PreferencePair]:
+    def heldout(self) -> tuple[list[PreferencePair], list[tuple[Encoded, Encoded]]]:
+        """(pairs, encodings) of the held-out preference set; empty when none is configured."""
         cfg = self.config.data
         if not cfg.heldout.paths:
-            return []
-        pairs = read_preferences(expand_globs(cfg.heldout.paths), cfg.heldout.format, cfg.heldout.pairs, cfg.heldout.subtasks)
+            return [], []
+        pairs = self.preferences(replace(cfg.heldout, limit=None), 2)
         if cfg.heldout_exclude_validation:
             seen = {_prompt_key(p.prompt) for p in self.validation}
             pairs = [p for p in pairs if _prompt_key(p.prompt) not in seen]
-        return [pairs[i] for i in _sample(len(pairs), cfg.heldout.limit, self.config.seed + 2)]
+        return self._fit([pairs[i] for i in _sample(len(pairs), cfg.heldout.limit, self.config.seed + 2)], encode_pair, "held-out")
 
     @cached_property
-    def tests(self):
+    def tests(self) -> tuple[list, list[Encoded]]:
+        """(test prompts, encodings of prompt + golden answer)."""
         cfg = self.config.data
-        items = read_test_prompts(expand_globs(cfg.test)) if cfg.test else []
-        return [items[i] for i in _sample(len(items), cfg.test_limit, self.config.seed + 3)]
-
-    def encode_pairs(self, pairs: list[PreferencePair]) -> list[tuple[Encoded, Encoded]]:
-        return [encode_pair(self.tokenizer, p, self.config.model.max_length) for p in pairs]
+        items = read_test_prompts(expand_globs(cfg.test), cfg.empty_responses) if cfg.test else []
+        return self._fit([items[i] for i in _sample(len(items), cfg.test_limit, self.config.seed + 3)], encode_test, "test")
 
     # --------------------------------------------------------------------------- model
 
@@ -168,7 +177,8 @@ class Run:
     @cached_property
     def keys(self) -> dict[str, str]:
         c = self.config
-        data = fingerprint([self._files_digest(self.pool_files), c.data.pool_limit, c.seed, asdict(c.model)])
+        model = {k: v for k, v in asdict(c.model).items() if k != "device"}  # a run may move between devices
+        data = fingerprint([self._files_digest(self.pool_files), c.data.pool_limit, c.seed, model])
         warm = fingerprint([data, asdict(c.lora), asdict(c.warmup)])
         proj = {k: v for k, v in asdict(c.gradients).items() if k != "batch_tokens"}
         train = fingerprint([warm, proj])
@@ -176,7 +186,8 @@ class Run:
         score = fingerprint([train, val])
         select = fingerprint([score, asdict(c.select)])
         tune = fingerprint([select, asdict(c.finetune)])
-        evaluate = fingerprint([tune, asdict(c.data.heldout), c.data.heldout_exclude_validation, c.data.test, c.data.test_limit])
+        evaluate = fingerprint([tune, asdict(c.data.heldout), c.data.heldout_exclude_validation, c.data.test, c.data.test_limit,
+                                c.data.empty_responses])
         return {"warmup": warm, "train-grads": train, "val-grads": val, "score": score, "select": select,
                 "finetune": tune, "evaluate": evaluate}
 
@@ -272,8 +283,7 @@ def val_grads(run: Run) -> None:
     ckpts = run.checkpoints()
     sd.begin()
     started = time.perf_counter()
-    pairs = run.validation
-    encoded = run.encode_pairs(pairs)
+    pairs, encoded = run.validation_set
     with run.model.disable_adapter():
         flat = [s for pair in encoded for s in pair]
         ref, _ = engine.sequence_logprobs(run.model, flat, run.pad_id, cfg.batch_tokens, run.device)
@@ -363,12 +373,15 @@ def evaluate(run: Run) -> None:
     run.model.eval()
     budget = run.config.gradients.batch_tokens
     metrics: dict = {}
-    if run.heldout:
-        pref = preference_accuracy(run.model, run.encode_pairs(run.heldout), [p.subtask for p in run.heldout], run.pad_id, budget, run.device)
-        metrics.update(asdict(pref))
-    if run.tests:
-        encoded = [encode_test(run.tokenizer, t, run.config.model.max_length) for t in run.tests]
-        metrics.update(asdict(golden_nll(run.model, encoded, [t.subtask for t in run.tests], run.pad_id, budget, run.device)))
+    pairs, encoded = run.heldout
+    if pairs:
+        metrics.update(asdict(preference_accuracy(run.model, encoded, [p.subtask for p in pairs], run.pad_id, budget, run.device)))
+    tests, encoded = run.tests
+    if tests:
+        subtasks = [t.subtask for t in tests]
+        metrics.update(asdict(golden_nll(run.model, encoded, subtasks, run.pad_id, budget, run.device)))
+        with run.model.disable_adapter():
+            metrics["base_golden_nll"] = golden_nll(run.model, encoded, subtasks, run.pad_id, budget, run.device).golden_nll
     write_json(sd.path / "metrics.json", metrics)
     sd.finish(**{k: v for k, v in metrics.items() if not isinstance(v, dict)})
     run.dist.barrier()

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real SmolLM2 (small LoRA ranks), the real data bundle when present, demo data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from rose.config import LoraSettings, ModelConfig
+from rose.demo import write_demo_data
+from rose.models import add_lora, load_model, load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_data() -> Path | None:
+    """The read-only data bundle: $ROSE_SHARED_DATA, or ../shared/data beside the checkout."""
+    for candidate in (os.environ.get("ROSE_SHARED_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "README.md").is_file():
+            return Path(candidate)
+    return None
+
+
+SHARED = _find_data()
+needs_data = pytest.mark.skipif(SHARED is None, reason="data bundle not found; set ROSE_SHARED_DATA")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if SHARED is None:
+        pytest.skip("data bundle not found; set ROSE_SHARED_DATA")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    """SmolLM2-135M-Instruct in float32 on CPU, frozen."""
+    return load_model(ModelConfig(dtype="float32", device="cpu"))
+
+
+def lora_model(dtype: str = "float32", r: int = 4, seed: int = 0):
+    """A fresh SmolLM2 with LoRA whose B matrices are non-zero, so policy != reference."""
+    torch.manual_seed(seed)
+    model = add_lora(load_model(ModelConfig(dtype=dtype, device="cpu")), LoraSettings(r=r, alpha=4 * r, dropout=0.1))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory) -> dict[str, Path]:
+    return write_demo_data(tmp_path_factory.mktemp("demo"), per_skill=6, shots=4, heldout=8, tests=4)

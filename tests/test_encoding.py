@@ -1,0 +1,39 @@
+"""Rendering through the chat template, loss masks, truncation and length-bucketed batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from rose.encoding import IGNORE, collate, encode, render, token_batches
+from rose.errors import InputError
+from rose.formats import Origin
+
+PROMPT = ({"role": "user", "content": "Name a colour."},)
+
+
+def test_prompt_is_a_prefix_and_only_the_response_has_labels(tokenizer):
+    head, tail = render(tokenizer, PROMPT, "Blue.")
+    assert head.endswith("<|im_start|>assistant\n") and tail.startswith("Blue.") and "<|im_end|>" in tail
+    enc = encode(tokenizer, PROMPT, "Blue.", 64, Origin("x"))
+    assert tokenizer.decode(enc.input_ids[enc.n_prompt:]).startswith("Blue.")
+    batch = collate([enc, encode(tokenizer, PROMPT, "A rather longer answer: green.", 64, Origin("x"))], tokenizer.pad_token_id)
+    labels, mask = batch["labels"], batch["attention_mask"]
+    assert (labels[0, : enc.n_prompt] == IGNORE).all() and (labels[0, enc.n_prompt : len(enc)] != IGNORE).all()
+    assert (labels[0, len(enc):] == IGNORE).all() and (mask[0, len(enc):] == 0).all() and mask[1].all()
+
+
+def test_long_response_is_cut_and_long_prompt_is_an_error(tokenizer):
+    enc = encode(tokenizer, PROMPT, "word " * 200, 48, Origin("x"))
+    assert len(enc) == 48 and enc.n_prompt < 48
+    with pytest.raises(InputError) as e:
+        encode(tokenizer, ({"role": "user", "content": "word " * 100},), "ok", 48, Origin("f.jsonl", line=7), "messages")
+    assert "max_length (48)" in str(e.value) and e.value.line == 7 and e.value.field == "messages"
+
+
+def test_token_batches_respect_budget_and_cover_everything():
+    lengths = [5, 50, 7, 49, 20, 300, 21, 6]
+    batches = token_batches(lengths, 100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 100
+    assert batches[0] == [5]  # the over-long example alone, first

@@ -1,0 +1,73 @@
+"""The batched engine gives exactly the per-example gradients of plain autograd (SFT and DPO)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rose.encoding import encode
+from rose.formats import Origin
+from rose.grads import engine, reference
+from rose.models import lora_parameters
+from conftest import lora_model
+
+QUESTIONS = [
+    ("What is 2 plus 2?", "4."),
+    ("Name three fruits.", "Apple, pear and a rather long list of other fruits such as plums."),
+    ("Translate 'chat' from French.", "Cat."),
+    ("Write one sentence about the sea at night, please, with some detail about the waves.", "The dark sea hums."),
+    ("Hi", "Hello! How can I help you today?"),
+]
+
+
+def _examples(tokenizer):
+    return [encode(tokenizer, ({"role": "user", "content": q},), a, 96, Origin("t")) for q, a in QUESTIONS]
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).norm(dim=1) / b.norm(dim=1)).max())
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
+def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
+    model = lora_model(dtype)
+    params = lora_parameters(model)
+    examples = _examples(tokenizer)
+    assert len({len(e) for e in examples}) >= 3  # mixed lengths -> padding inside the batch
+    expected = torch.stack(list(reference.sft_grads(model, list(params.values()), examples, tokenizer.pad_token_id)))
+    got = torch.zeros_like(expected)
+    batches = 0
+    for idx, grads in engine.sft_grads(model, list(params), examples, tokenizer.pad_token_id, 10_000, torch.device("cpu")):
+        got[idx] = grads.to(got.dtype)
+        batches += 1
+    assert batches == 1 and expected.shape == (5, sum(p.numel() for p in params.values()))
+    assert _rel_err(got, expected) < tol
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
+def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
+    model = lora_model(dtype)
+    params = lora_parameters(model)
+    ex = _examples(tokenizer)
+    pairs = [(ex[0], ex[1]), (ex[2], ex[3]), (ex[4], ex[1])]
+    with model.disable_adapter():
+        ref, _ = engine.sequence_logprobs(model, [s for p in pairs for s in p], tokenizer.pad_token_id, 10_000, torch.device("cpu"))
+    ref = ref.view(-1, 2)
+    expected = torch.stack(list(reference.dpo_grads(model, list(params.values()), pairs, ref, 0.1, tokenizer.pad_token_id)))
+    got = torch.zeros_like(expected)
+    for idx, grads in engine.dpo_grads(model, list(params), pairs, ref, 0.1, tokenizer.pad_token_id, 10_000, torch.device("cpu")):
+        got[idx] = grads.to(got.dtype)
+    assert expected.norm(dim=1).min() > 0
+    assert _rel_err(got, expected) < tol
+
+
+def test_small_token_budget_splits_batches_without_changing_results(tokenizer):
+    model = lora_model("float64")
+    names = list(lora_parameters(model))
+    examples = _examples(tokenizer)
+    whole = {tuple(i): g for i, g in engine.sft_grads(model, names, examples, tokenizer.pad_token_id, 10_000, torch.device("cpu"))}
+    parts = list(engine.sft_grads(model, names, examples, tokenizer.pad_token_id, 60, torch.device("cpu")))
+    assert len(parts) == len(examples)  # a budget of 60 tokens fits one example per batch
+    (idx, g_all), = whole.items()
+    for idx_part, g in parts:
+        assert torch.allclose(g[0], g_all[list(idx).index(idx_part[0])], rtol=1e-9, atol=1e-12)

@@ -1,0 +1,143 @@
+"""Readers of every supported format, on the real data bundle and on hand-written bad rows."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from rose.errors import InputError
+from rose.formats import parse_transcript, read_pool, read_preferences, read_test_prompts, Origin
+from conftest import needs_data
+
+
+def _jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+GOOD = {"dataset": "d", "id": "d_0", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+@needs_data
+def test_real_pool_counts_and_sources(shared):
+    pool = read_pool([shared / "train/dolly/dolly_data.jsonl.gz", shared / "train/cot/cot_data.jsonl.gz"])
+    assert len(pool) == 5252 + 14316
+    assert {e.source for e in pool} == {"dolly", "cot"}
+    assert pool[0].id == "dolly_0" and pool[0].messages[-1]["role"] == "assistant"
+    assert pool[0].row["messages"] == list(pool[0].messages)
+
+
+@needs_data
+def test_rose_preference_file_target_and_all_pairs(shared):
+    path = shared / "validation/shp/shp_5_shot/shp_5_shot_preference.json.gz"
+    target = read_preferences([path], "auto", "target", subtasks=18)
+    assert len(target) == 90
+    assert len({p.subtask for p in target}) == 18
+    assert [p.subtask for p in target[:6]] == ["block00"] * 5 + ["block01"]
+    raw = json.load(gzip.open(path, "rt", encoding="utf-8"))
+    first = next(iter(raw.values()))
+    assert target[0].chosen == first["sft_target"].strip() and target[0].rejected == first["rejected_target"].strip()
+    assert target[0].prompt[-1]["role"] == "user" and "Human:" not in target[0].prompt[-1]["content"]
+    every = read_preferences([path], "rose", "all", subtasks=18)
+    assert len(every) == 357 and len({p.subtask for p in every}) == 18
+    assert {p.subtask for p in every if p.prompt == target[5].prompt} == {"block01"}  # a prompt's pairs share its block
+
+
+@needs_data
+def test_hh_transcripts_and_multi_turn_prompts(shared):
+    path = shared / "test/hh_pairs/harmless-base-test.jsonl.gz"
+    with pytest.raises(InputError, match="empty response") as e:
+        read_preferences([path], "hh")
+    assert e.value.line == 87 and e.value.field == "chosen"
+    pairs = read_preferences([path], "hh", "all", "file", empty="skip")
+    assert len(pairs) == 2312 - 4
+    assert all(p.prompt[-1]["role"] == "user" for p in pairs)
+    assert max(len(p.prompt) for p in pairs) > 1  # multi-turn dialogues keep their turns
+    hh5 = read_preferences([shared / "validation/hh/hh_5_shot/hh_5_shot_preference.json.gz"], "rose", "target", 2)
+    assert [p.subtask for p in hh5] == ["block00"] * 5 + ["block01"] * 5
+
+
+@needs_data
+def test_test_prompts_subtask_is_file(shared):
+    items = read_test_prompts(sorted((shared / "test/shp").glob("*.json.gz"))[:2])
+    assert {t.subtask for t in items} == {"shp_askacademia", "shp_askanthropology"}
+    assert len(items) == 99 + 34
+
+
+def test_trl_rows_string_and_conversational(tmp_path):
+    path = _jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "Say hi", "chosen": "Hi!", "rejected": "No.", "subtask": "greet"},
+        {"prompt": [{"role": "user", "content": "Say hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],
+         "rejected": [{"role": "assistant", "content": "Go away"}], "subtask": "greet"},
+    ])
+    pairs = read_preferences([path], "auto", subtasks="field")
+    assert [(p.chosen, p.rejected, p.subtask) for p in pairs] == [("Hi!", "No.", "greet"), ("Hello", "Go away", "greet")]
+    assert pairs[0].prompt == ({"role": "user", "content": "Say hi"},)
+
+
+def test_parse_transcript_turns():
+    text = "\n\nHuman: a?\n\nAssistant: b.\n\nHuman: c?\n\nAssistant:"
+    assert parse_transcript(text, Origin("x"), "prompt") == (
+        {"role": "user", "content": "a?"}, {"role": "assistant", "content": "b."}, {"role": "user", "content": "c?"})
+
+
+BAD_POOL_ROWS = [
+    ('{"dataset": "d", "id": "x", "messages": [', 1, None, "malformed JSON"),
+    ({"dataset": "d", "id": "x"}, 1, "messages", "missing field"),
+    ({"dataset": "d", "id": "x", "messages": "hi"}, 1, "messages", "expected list"),
+    ({"dataset": "d", "id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}, 1, "messages[1].content", "empty text"),
+    ({"dataset": "d", "id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 3}]}, 1, "messages[1].content", "expected str"),
+    ({"dataset": "d", "id": "x", "messages": [{"role": "bot", "content": "q"}]}, 1, "messages[0].role", "unknown role"),
+    ({"dataset": "d", "id": "x", "messages": [{"role": "user", "content": "q"}]}, 1, "messages", "assistant's response"),
+]
+
+
+@pytest.mark.parametrize("row,line,field,message", BAD_POOL_ROWS)
+def test_bad_pool_row_names_file_line_field(tmp_path, row, line, field, message):
+    path = _jsonl(tmp_path / "pool.jsonl", [row, GOOD])
+    with pytest.raises(InputError) as e:
+        read_pool([path])
+    assert e.value.path == str(path) and e.value.line == line and e.value.field == field
+    assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_bad_bytes_duplicates_and_missing_file(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"messages": "\xff\xfe"}\n')
+    with pytest.raises(InputError, match="UTF-8") as e:
+        read_pool([path])
+    assert e.value.line == 2
+    dup = _jsonl(tmp_path / "dup.jsonl", [GOOD, GOOD])
+    with pytest.raises(InputError, match="duplicate id 'd_0'") as e:
+        read_pool([dup])
+    assert e.value.line == 2 and e.value.field == "id"
+    with pytest.raises(InputError, match="file not found"):
+        read_pool([tmp_path / "nope.jsonl.gz"])
+
+
+def test_gzipped_jsonl_and_json_list(tmp_path):
+    gz = tmp_path / "pool.jsonl.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(GOOD) + "\n")
+    lst = tmp_path / "pool.json"
+    lst.write_text(json.dumps([dict(GOOD, id="d_1")]))
+    assert [e.id for e in read_pool([gz, lst])] == ["d_0", "d_1"]
+
+
+def test_bad_preferences(tmp_path):
+    empty = _jsonl(tmp_path / "e.jsonl", [{"prompt": "q", "chosen": "", "rejected": "r"}])
+    with pytest.raises(InputError, match="empty response") as e:
+        read_preferences([empty], "trl")
+    assert e.value.field == "chosen" and e.value.line == 1
+    mismatch = _jsonl(tmp_path / "h.jsonl", [{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: c"}])
+    with pytest.raises(InputError, match="share no") as e:
+        read_preferences([mismatch], "hh")
+    assert e.value.line == 1
+    nothing = _jsonl(tmp_path / "n.jsonl", [])
+    with pytest.raises(InputError, match="empty preference file"):
+        read_preferences([nothing])
+    good = _jsonl(tmp_path / "g.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}] * 3)
+    with pytest.raises(InputError, match="3 prompts cannot be split into 2 equal subtask blocks"):
+        read_preferences([good], "trl", subtasks=2)

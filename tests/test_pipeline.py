@@ -1,0 +1,80 @@
+"""The whole pipeline on the real SmolLM2 and a tiny demo task: outputs, skipping, resuming, guards."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from rose.config import load_config
+from rose.demo import PLANTED, demo_config, planted_precision
+from rose.errors import RunDirError
+from rose.pipeline import run_stages
+from rose.stages import STAGES
+from rose.store import MANIFEST, read_json
+
+FOLDERS = ["warmup", "grads/train", "grads/val", "scores", "selection", "finetune", "eval"]
+
+
+def tiny_config(run_dir, files, **overrides):
+    base = demo_config(run_dir, files)
+    base["lora"] = {"r": 4, "alpha": 16, "dropout": 0.0}
+    base["warmup"].update(fraction=0.1, epochs=2)
+    base["finetune"].update(epochs=1)
+    base["gradients"].update(dim=2048, shard_size=16)
+    base["select"]["fraction"] = 0.125
+    return load_config(None, [f"{k}={v}" for k, v in overrides.items()], base=base)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, demo_files):
+    run_dir = tmp_path_factory.mktemp("run")
+    config = tiny_config(run_dir, demo_files)
+    run = run_stages(config)
+    return run_dir, config, run
+
+
+def test_every_stage_writes_complete_outputs(finished_run):
+    run_dir, config, run = finished_run
+    for folder in FOLDERS:
+        assert read_json(run_dir / folder / MANIFEST)["complete"] is True
+    n = len(run.pool)
+    train = np.concatenate([np.load(f) for f in sorted((run_dir / "grads/train/epoch-2").glob("shard-*.npy"))])
+    assert train.shape == (n, 2048) and np.allclose(np.linalg.norm(train, axis=1), 1, atol=1e-5)
+    val = np.load(run_dir / "grads/val/epoch-1/grads.npy")
+    assert val.shape == (4, 2048) and np.allclose(np.linalg.norm(val, axis=1), 1, atol=1e-5)
+    assert np.load(run_dir / "scores/scores.npy").shape == (n,)
+    selected = [json.loads(line) for line in (run_dir / "selection/selected.jsonl").read_text().splitlines()]
+    assert len(selected) == round(0.125 * n) and all(set(r) == {"dataset", "id", "messages"} for r in selected)
+    summary = read_json(run_dir / "summary.json")
+    assert 0 <= summary["heldout_pref_acc"] <= 1 and summary["n_pairs"] == 8 and summary["golden_nll"] > 0
+    assert (run_dir / "report.md").read_text().startswith("# rose run")
+    assert "warmup" in summary["stage_seconds"]
+
+
+def test_selection_prefers_the_planted_skill(finished_run):
+    run_dir, _, _ = finished_run
+    precision, base_rate = planted_precision(run_dir)
+    assert base_rate == pytest.approx(1 / 8)
+    assert precision >= 3 * base_rate, f"only {precision:.2f} of the selection is {PLANTED}"
+
+
+def test_rerun_skips_finished_stages_and_later_stages_follow_config_changes(finished_run, demo_files):
+    run_dir, config, _ = finished_run
+    before = {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
+    start = time.perf_counter()
+    run_stages(config)
+    assert time.perf_counter() - start < 30
+    assert before == {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
+    with pytest.raises(RunDirError, match="another config"):
+        run_stages(tiny_config(run_dir, demo_files, **{"select.fraction": 0.5}), ["select"])
+    with pytest.raises(RunDirError, match="another config"):
+        run_stages(tiny_config(run_dir, demo_files, **{"lora.r": 8}), ["warmup"])
+
+
+def test_a_stage_needs_its_inputs(tmp_path, demo_files):
+    with pytest.raises(RunDirError, match="run `rose warmup`"):
+        run_stages(tiny_config(tmp_path, demo_files), ["train-grads"])
+    assert list(STAGES)[0] == "warmup"

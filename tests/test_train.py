@@ -1,0 +1,59 @@
+"""LoRA training: checkpoints hold adapter, AdamW moments by name and lrs; a resumed run is identical."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from rose.config import LoraSettings, ModelConfig, TrainSettings
+from rose.distributed import Dist
+from rose.encoding import encode_example
+from rose.formats import read_pool
+from rose.models import add_lora, load_model, lora_parameters
+from rose.store import load_tensors
+from rose.train import Checkpoint, lr_at, train_lora
+
+SETTINGS = TrainSettings(epochs=2, lr=1e-3, batch_size=2, micro_batch_size=1, warmup_ratio=0.25)
+
+
+def _train(tokenizer, examples, out, seed=0):
+    torch.manual_seed(seed)
+    model = add_lora(load_model(ModelConfig(device="cpu")), LoraSettings(r=2, alpha=8, dropout=0.0))
+    ckpts = train_lora(model, examples, SETTINGS, out, tokenizer.pad_token_id, seed, Dist(), save_checkpoints=True, log=lambda _: None)
+    return model, ckpts
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer, demo_files):
+    return [encode_example(tokenizer, e, 64) for e in read_pool([demo_files["pool"]])[:5]]
+
+
+def test_checkpoints_hold_what_the_gradient_stages_need(tokenizer, examples, tmp_path):
+    model, ckpts = _train(tokenizer, examples, tmp_path)
+    assert [c.path.name for c in ckpts] == ["epoch-1", "epoch-2"]
+    names = list(lora_parameters(model))
+    state = ckpts[1].state()
+    assert len(state["lrs"]) == 3 and state["global_step"] == 6 and state["adam_betas"] == [0.9, 0.999]
+    moments = ckpts[1].moments(names)
+    assert moments.exp_avg.numel() == sum(p.numel() for p in lora_parameters(model).values())
+    assert moments.exp_avg_sq.min() >= 0 and moments.exp_avg.abs().sum() > 0
+    adapter = load_tensors(ckpts[1].adapter / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # trained away from B = 0
+
+
+def test_resume_after_a_lost_epoch_gives_the_same_adapter(tokenizer, examples, tmp_path):
+    _, full = _train(tokenizer, examples, tmp_path / "full")
+    _, part = _train(tokenizer, examples, tmp_path / "part")
+    shutil.rmtree(part[1].path)  # as if killed during epoch 2
+    _, resumed = _train(tokenizer, examples, tmp_path / "part", seed=0)
+    a = load_tensors(full[1].adapter / "adapter_model.safetensors")
+    b = load_tensors(resumed[1].adapter / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert Checkpoint(tmp_path / "part" / "epoch-2").state()["lrs"] == full[1].state()["lrs"]
+
+
+def test_linear_schedule():
+    lrs = [lr_at(s, 10, 1.0, 0.2) for s in range(10)]
+    assert lrs[:2] == [0.5, 1.0] and lrs[-1] == pytest.approx(0.125) and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
