@@ -37,8 +37,8 @@ def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
     expected = torch.stack(list(reference.sft_grads(model, list(params.values()), examples, tokenizer.pad_token_id)))
     got = torch.zeros_like(expected)
     batches = 0
-    for idx, grads in engine.sft_grads(model, list(params), examples, tokenizer.pad_token_id, 10_000, torch.device("cpu")):
-        got[idx] = grads.to(got.dtype)
+    for idx, parts in engine.sft_grads(model, list(params), examples, tokenizer.pad_token_id, 10_000, torch.device("cpu")):
+        got[idx] = torch.cat(list(parts), dim=1).to(got.dtype)
         batches += 1
     assert batches == 1 and expected.shape == (5, sum(p.numel() for p in params.values()))
     assert _rel_err(got, expected) < tol
@@ -55,8 +55,8 @@ def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
     ref = ref.view(-1, 2)
     expected = torch.stack(list(reference.dpo_grads(model, list(params.values()), pairs, ref, 0.1, tokenizer.pad_token_id)))
     got = torch.zeros_like(expected)
-    for idx, grads in engine.dpo_grads(model, list(params), pairs, ref, 0.1, tokenizer.pad_token_id, 10_000, torch.device("cpu")):
-        got[idx] = grads.to(got.dtype)
+    for idx, parts in engine.dpo_grads(model, list(params), pairs, ref, 0.1, tokenizer.pad_token_id, 10_000, torch.device("cpu")):
+        got[idx] = torch.cat(list(parts), dim=1).to(got.dtype)
     assert expected.norm(dim=1).min() > 0
     assert _rel_err(got, expected) < tol
 
@@ -65,9 +65,9 @@ def test_small_token_budget_splits_batches_without_changing_results(tokenizer):
     model = lora_model("float64")
     names = list(lora_parameters(model))
     examples = _examples(tokenizer)
-    whole = {tuple(i): g for i, g in engine.sft_grads(model, names, examples, tokenizer.pad_token_id, 10_000, torch.device("cpu"))}
-    parts = list(engine.sft_grads(model, names, examples, tokenizer.pad_token_id, 60, torch.device("cpu")))
-    assert len(parts) == len(examples)  # a budget of 60 tokens fits one example per batch
-    (idx, g_all), = whole.items()
-    for idx_part, g in parts:
-        assert torch.allclose(g[0], g_all[list(idx).index(idx_part[0])], rtol=1e-9, atol=1e-12)
+    flat = lambda batches: [(idx, torch.cat(list(p), dim=1)) for idx, p in batches]
+    (idx, g_all), = flat(engine.sft_grads(model, names, examples, tokenizer.pad_token_id, 10_000, torch.device("cpu")))
+    singles = flat(engine.sft_grads(model, names, examples, tokenizer.pad_token_id, 60, torch.device("cpu")))
+    assert len(singles) == len(examples)  # a budget of 60 tokens fits one example per batch
+    for idx_one, g in singles:
+        assert torch.allclose(g[0], g_all[idx.index(idx_one[0])], rtol=1e-9, atol=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -78,3 +79,25 @@ def test_a_stage_needs_its_inputs(tmp_path, demo_files):
     with pytest.raises(RunDirError, match="run `rose warmup`"):
         run_stages(tiny_config(tmp_path, demo_files), ["train-grads"])
     assert list(STAGES)[0] == "warmup"
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(finished_run, demo_files, tmp_path):
+    run_dir, _, run = finished_run
+    planted = np.array([e.source == PLANTED for e in run.pool])
+    projected = np.load(run_dir / "scores/scores.npy")
+    for name, overrides in {"exact": {"gradients.projection": "none"}, "less": {"select.method": "less"}}.items():
+        shutil.copytree(run_dir / "warmup", tmp_path / name / "warmup")  # same key: reused, not retrained
+        run_stages(tiny_config(tmp_path / name, demo_files, **overrides), ["warmup", "val-grads", "train-grads", "score"])
+        scores = np.load(tmp_path / name / "scores/scores.npy")
+        assert planted[np.argsort(-scores)[: planted.sum()]].mean() >= 0.5  # base rate 1/8
+        assert _spearman(scores, projected) > 0.3
+        if name == "exact":  # shards hold cosines with the 4 validation pairs, not projections
+            first_shard = sorted((tmp_path / name / "grads/train/epoch-1").glob("shard-*.npy"))[0]
+            assert np.load(first_shard).shape[1] == 4
+        else:
+            assert not np.allclose(scores, projected)

@@ -1,16 +1,19 @@
-"""Random projections: the same matrix everywhere, inner products preserved, balanced sparse buckets."""
+"""Random projections and sinks: the same matrix everywhere, inner products kept, exact cosines exact."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from rose.grads.adam import AdamMoments, adam_direction
 from rose.grads.project import DenseProjector, SparseProjector, rademacher_signs
+from rose.grads.transform import ExactCosines, ProjectedFeatures
+
+SEGMENTS = [1000, 64, 1500, 436]  # uneven, some smaller than the projected dimension
 
 
-def _pairs(dim: int = 3000, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(8, dim, generator=g)
-    return x, torch.nn.functional.normalize(x, dim=1)
+def _unit(rows: int = 8, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(rows, sum(SEGMENTS), generator=torch.Generator().manual_seed(seed)), dim=1)
 
 
 def test_dense_signs_depend_only_on_seed_and_index():
@@ -23,25 +26,38 @@ def test_dense_signs_depend_only_on_seed_and_index():
     assert set(big.unique().tolist()) == {-1.0, 1.0} and abs(big.mean().item()) < 0.01
 
 
-def test_dense_block_size_does_not_change_the_result():
-    x, _ = _pairs()
-    a = DenseProjector(3000, 256, seed=1)(x)
-    b = DenseProjector(3000, 256, seed=1, block_entries=256 * 7)(x)
-    assert torch.allclose(a, b, atol=1e-4)
+def test_dense_is_one_matrix_whatever_the_segments_or_blocks():
+    x = _unit()
+    a = DenseProjector(SEGMENTS, 256, seed=1)(x)
+    b = DenseProjector([sum(SEGMENTS)], 256, seed=1, block_entries=256 * 7)(x)
+    expected = x @ rademacher_signs(torch.arange(sum(SEGMENTS)), 256, seed=1) / 16
+    assert torch.allclose(a, expected, atol=1e-5) and torch.allclose(b, expected, atol=1e-5)
 
 
 def test_both_projections_preserve_inner_products():
-    _, u = _pairs()
+    u = _unit()
     exact = u @ u.T
-    for proj in (DenseProjector(3000, 2048, seed=0), SparseProjector(3000, 2048, seed=0)):
-        p = proj(u)
+    for kind in (DenseProjector, SparseProjector):
+        p = kind(SEGMENTS, 2048, seed=0)(u)
         assert (p @ p.T - exact).abs().max() < 0.15  # JL error ~ 1/sqrt(2048) per entry
 
 
-def test_sparse_buckets_are_balanced_and_signed():
-    proj = SparseProjector(1000, 64, seed=5)
-    assert proj.order.numel() == 64 * 16 and sorted(proj.order.tolist()) == list(range(1024))
-    one_hot = torch.eye(1000)
+def test_sparse_buckets_are_balanced_signed_and_reproducible():
+    proj = SparseProjector(SEGMENTS, 64, seed=5)
+    order, _, per_bucket = proj._table(0, torch.device("cpu"))
+    assert per_bucket == 16 and sorted(order.tolist()) == list(range(1024))
+    one_hot = torch.eye(sum(SEGMENTS))
     out = proj(one_hot)  # each coordinate lands in exactly one bucket with a +-1 sign
-    assert torch.equal(out.abs().sum(dim=1), torch.ones(1000)) and set(out.unique().tolist()) == {-1.0, 0.0, 1.0}
-    assert torch.equal(SparseProjector(1000, 64, seed=5)(one_hot), out)
+    assert torch.equal(out.abs().sum(dim=1), torch.ones(sum(SEGMENTS))) and set(out.unique().tolist()) == {-1.0, 0.0, 1.0}
+    assert torch.equal(SparseProjector(SEGMENTS, 64, seed=5)(one_hot), out)
+
+
+def test_projected_features_and_exact_cosines_agree_with_the_definition():
+    g, targets = _unit(5, seed=1) * 3, _unit(3, seed=2) * 7
+    moments = AdamMoments(torch.randn(sum(SEGMENTS)) * 0.1, torch.rand(sum(SEGMENTS)) * 0.01, 0.9, 0.999, 1e-8)
+    direction = adam_direction(g, moments)
+    exact = ExactCosines(targets.split(SEGMENTS, dim=1), moments)(g.split(SEGMENTS, dim=1))
+    assert torch.allclose(exact, F.normalize(direction, dim=1) @ F.normalize(targets, dim=1).T, atol=1e-6)
+    features = ProjectedFeatures(DenseProjector(SEGMENTS, 4096, seed=0), moments)(g.split(SEGMENTS, dim=1))
+    assert torch.allclose(features.norm(dim=1), torch.ones(5))
+    assert torch.allclose(features, F.normalize(DenseProjector(SEGMENTS, 4096, seed=0)(direction), dim=1), atol=1e-6)

@@ -73,7 +73,6 @@ class DataConfig:
     pool: list[str] = _f([], "Training pool files in LESS format ({dataset, id, messages}); globs allowed.", path=True)
     pool_limit: int | None = _f(None, "Use a seeded random subset of this many pool examples (quick runs).")
     validation: PreferenceSource = field(default_factory=PreferenceSource, metadata={"help": "Few-shot preference set of the target task."})
-    validation_sft: list[str] = _f([], "SFT form of the validation set (messages), for the LESS baseline.", path=True)
     heldout: PreferenceSource = field(default_factory=lambda: PreferenceSource(pairs="all"), metadata={"help": "Held-out preference pairs for evaluation."})
     heldout_exclude_validation: bool = _f(True, "Drop held-out pairs whose prompt is a validation prompt.")
     test: list[str] = _f([], "Test prompts with golden answers ({prompt, golden_answer}); globs allowed.", path=True)
@@ -112,7 +111,8 @@ class WarmupConfig(TrainSettings):
 
 @dataclass
 class GradientConfig:
-    projection: str = _f("sparse", "Random projection: sparse (balanced CountSketch JL) or dense (Rademacher).")
+    projection: str = _f("sparse", "Random projection: sparse (balanced CountSketch), dense (Rademacher), or none "
+                         "(exact cosines with the full validation gradients; stores [N, M] instead of [N, d]).")
     dim: int = _f(8192, "Projected dimension.")
     seed: int = _f(0, "Projection seed; the same matrix in every process and run.")
     batch_tokens: int = _f(4096, "Token budget of one gradient batch (examples are bucketed by length).")
@@ -120,7 +120,7 @@ class GradientConfig:
     dpo_beta: float = _f(0.1, "DPO beta for the validation gradient.")
 
     def __post_init__(self) -> None:
-        _choice("gradients.projection", self.projection, ("sparse", "dense"))
+        _choice("gradients.projection", self.projection, ("sparse", "dense", "none"))
         for name in ("dim", "batch_tokens", "shard_size"):
             _positive(f"gradients.{name}", getattr(self, name))
 
@@ -128,9 +128,11 @@ class GradientConfig:
 @dataclass
 class SelectConfig:
     fraction: float = _f(0.05, "Share of the pool to select (top scores).")
+    method: str = _f("rose", "rose (DPO validation gradients) or less (SFT validation gradients on the chosen responses).")
 
     def __post_init__(self) -> None:
         _fraction("select.fraction", self.fraction)
+        _choice("select.method", self.method, ("rose", "less"))
 
 
 @dataclass

@@ -33,8 +33,8 @@ from .errors import InputError, RunDirError
 from .evaluate import golden_nll, preference_accuracy
 from .formats import Example, PreferencePair, read_pool, read_preferences, read_test_prompts
 from .grads import engine
-from .grads.project import make_projector
-from .grads.transform import GradientTransform
+from .grads.project import Projector, make_projector
+from .grads.transform import ExactCosines, ProjectedFeatures
 from .models import add_lora, load_adapter_weights, load_model, load_tokenizer, lora_parameters
 from .score import checkpoint_weights, influence
 from .selection import top_fraction, write_selection
@@ -169,6 +169,15 @@ class Run:
     def param_names(self) -> list[str]:
         return list(lora_parameters(self.model))
 
+    @cached_property
+    def segments(self) -> list[int]:
+        """Sizes of the LoRA weight matrices, in order: the segments of the gradient space."""
+        return [p.numel() for p in lora_parameters(self.model).values()]
+
+    def load_checkpoint(self, ckpt: Checkpoint) -> None:
+        load_adapter_weights(self.model, ckpt.adapter)
+        self.model.eval()
+
     # --------------------------------------------------------------------------- keys
 
     def _files_digest(self, files: list[str]) -> list[tuple[str, str]]:
@@ -180,11 +189,12 @@ class Run:
         model = {k: v for k, v in asdict(c.model).items() if k != "device"}  # a run may move between devices
         data = fingerprint([self._files_digest(self.pool_files), c.data.pool_limit, c.seed, model])
         warm = fingerprint([data, asdict(c.lora), asdict(c.warmup)])
-        proj = {k: v for k, v in asdict(c.gradients).items() if k != "batch_tokens"}
-        train = fingerprint([warm, proj])
-        val = fingerprint([warm, proj, asdict(c.data.validation), self._files_digest(expand_globs(c.data.validation.paths))])
-        score = fingerprint([train, val])
-        select = fingerprint([score, asdict(c.select)])
+        proj = {k: v for k, v in asdict(c.gradients).items() if k not in ("batch_tokens", "dpo_beta")}
+        val = fingerprint([warm, proj, c.gradients.dpo_beta, c.select.method, asdict(c.data.validation),
+                           self._files_digest(expand_globs(c.data.validation.paths)), c.data.empty_responses])
+        train = fingerprint([warm, proj, val if c.gradients.projection == "none" else None])
+        score = fingerprint([train, val, c.select.method])
+        select = fingerprint([score, c.select.fraction])
         tune = fingerprint([select, asdict(c.finetune)])
         evaluate = fingerprint([tune, asdict(c.data.heldout), c.data.heldout_exclude_validation, c.data.test, c.data.test_limit,
                                 c.data.empty_responses])
@@ -229,52 +239,45 @@ def warmup(run: Run) -> None:
     run.dist.barrier()
 
 
-def _projector(run: Run):
+def _projector(run: Run) -> Projector:
     g = run.config.gradients
-    dim = sum(p.numel() for p in lora_parameters(run.model).values())
-    return make_projector(g.projection, dim, g.dim, g.seed)
+    return make_projector(g.projection, run.segments, g.dim, g.seed)
 
 
-def train_grads(run: Run) -> None:
-    """Per-example SFT gradients of the pool at every checkpoint: Adam direction, projected, normalised."""
-    sd = run.stage("train-grads", "grads/train")
-    if sd.is_done():
-        return
+def _reference_logps(run: Run) -> torch.Tensor:
+    return torch.from_numpy(np.load(run.require("val-grads", "grads/val").path / "reference_logps.npy"))
+
+
+def validation_grads(run: Run, sink, reference: torch.Tensor) -> torch.Tensor:
+    """[M, sink.out_dim]: the validation gradients at the loaded checkpoint, through `sink`.
+
+    ROSE takes the DPO loss of each pair (reference = adapters off); LESS the SFT loss of the
+    chosen response. Both are plain (SGD) gradients.
+    """
     cfg = run.config.gradients
-    ckpts = run.checkpoints()
-    if run.dist.is_main:
-        sd.begin()
-    run.dist.barrier()
-    projector, encoded = _projector(run), run.pool_encoded
-    shards = shard_ranges(len(encoded), cfg.shard_size)
-    mine = [s for i, s in enumerate(shards) if i % run.dist.world == run.dist.rank]
-    started = time.perf_counter()
-    bar = tqdm(total=len(ckpts) * sum(b - a for a, b in mine), desc="train gradients", unit="ex", disable=not run.dist.is_main)
-    for ckpt in ckpts:
-        folder = sd.path / ckpt.path.name
-        todo = [(a, b) for a, b in mine if not (folder / shard_name(a, b)).is_file()]
-        bar.update(sum(b - a for a, b in mine) - sum(b - a for a, b in todo))
-        if not todo:
-            continue
-        load_adapter_weights(run.model, ckpt.adapter)
-        run.model.eval()
-        transform = GradientTransform(projector, ckpt.moments(run.param_names).to(run.device))
-        for start, stop in todo:
-            out = np.zeros((stop - start, cfg.dim), dtype=np.float32)
-            for idx, grads in engine.sft_grads(run.model, run.param_names, encoded[start:stop], run.pad_id, cfg.batch_tokens, run.device):
-                out[idx] = transform(grads).cpu().numpy()
-                bar.update(len(idx))
-            save_array(folder / shard_name(start, stop), out)
-    bar.close()
-    run.dist.barrier()
-    if run.dist.is_main:
-        sd.finish(n=len(encoded), dim=cfg.dim, shard_size=cfg.shard_size, checkpoints=[c.path.name for c in ckpts],
-                  seconds=time.perf_counter() - started)
-    run.dist.barrier()
+    pairs, encoded = run.validation_set
+    out = torch.zeros(len(pairs), sink.out_dim, dtype=torch.float64)
+    if run.config.select.method == "less":
+        batches = engine.sft_grads(run.model, run.param_names, [c for c, _ in encoded], run.pad_id, cfg.batch_tokens, run.device)
+    else:
+        batches = engine.dpo_grads(run.model, run.param_names, encoded, reference, cfg.dpo_beta, run.pad_id, cfg.batch_tokens, run.device)
+    for idx, parts in batches:
+        out[idx] = sink(parts).double().cpu()
+    return out
+
+
+class _RawGradients:
+    """A sink that keeps whole gradients ([B, D]), for exact scoring against a few targets."""
+
+    def __init__(self, dim: int) -> None:
+        self.out_dim = dim
+
+    def __call__(self, parts) -> torch.Tensor:
+        return torch.cat(list(parts), dim=1)
 
 
 def val_grads(run: Run) -> None:
-    """Per-pair DPO gradients of the validation set at every checkpoint (reference = adapters off)."""
+    """Validation gradients at every checkpoint, projected and normalised (plus base-model log-probs)."""
     sd = run.stage("val-grads", "grads/val")
     if sd.is_done() or not run.dist.is_main:
         run.dist.barrier()
@@ -289,17 +292,78 @@ def val_grads(run: Run) -> None:
         ref, _ = engine.sequence_logprobs(run.model, flat, run.pad_id, cfg.batch_tokens, run.device)
     reference = ref.view(-1, 2)
     save_array(sd.path / "reference_logps.npy", reference.numpy())
-    transform = GradientTransform(_projector(run))
-    for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt"):
-        load_adapter_weights(run.model, ckpt.adapter)
-        run.model.eval()
-        out = np.zeros((len(pairs), cfg.dim), dtype=np.float32)
-        for idx, grads in engine.dpo_grads(run.model, run.param_names, encoded, reference, cfg.dpo_beta, run.pad_id, cfg.batch_tokens, run.device):
-            out[idx] = transform(grads).cpu().numpy()
-        save_array(sd.path / ckpt.path.name / "grads.npy", out)
+    if cfg.projection != "none":  # exact scoring recomputes full validation gradients in train-grads
+        sink = ProjectedFeatures(_projector(run))
+        for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt"):
+            run.load_checkpoint(ckpt)
+            save_array(sd.path / ckpt.path.name / "grads.npy", validation_grads(run, sink, reference).float().numpy())
     sd.finish(ids=[p.id for p in pairs], subtasks=[p.subtask for p in pairs], checkpoints=[c.path.name for c in ckpts],
               seconds=time.perf_counter() - started)
     run.dist.barrier()
+
+
+def train_grads(run: Run) -> None:
+    """Per-example SFT gradients of the pool at every checkpoint, in Adam's update direction.
+
+    Stored as projected unit vectors [N, d], or, with gradients.projection=none, as exact cosines
+    [N, M] with the full validation gradients. Written in shards, each rank taking every world-th
+    shard; finished shards are kept, so a killed run resumes where it stopped.
+    """
+    sd = run.stage("train-grads", "grads/train")
+    if sd.is_done():
+        return
+    cfg = run.config.gradients
+    ckpts = run.checkpoints()
+    exact = cfg.projection == "none"
+    reference = _reference_logps(run) if exact else None
+    if run.dist.is_main:
+        sd.begin()
+    run.dist.barrier()
+    projector, encoded = (None if exact else _projector(run)), run.pool_encoded
+    shards = shard_ranges(len(encoded), cfg.shard_size)
+    mine = [s for i, s in enumerate(shards) if i % run.dist.world == run.dist.rank]
+    started = time.perf_counter()
+    bar = tqdm(total=len(ckpts) * sum(b - a for a, b in mine), desc="train gradients", unit="ex", disable=not run.dist.is_main)
+    for ckpt in ckpts:
+        folder = sd.path / ckpt.path.name
+        todo = [(a, b) for a, b in mine if not (folder / shard_name(a, b)).is_file()]
+        bar.update(sum(b - a for a, b in mine) - sum(b - a for a, b in todo))
+        if not todo:
+            continue
+        run.load_checkpoint(ckpt)
+        moments = ckpt.moments(run.param_names).to(run.device)
+        if exact:
+            targets = validation_grads(run, _RawGradients(sum(run.segments)), reference).to(run.device)
+            sink = ExactCosines(targets.split(run.segments, dim=1), moments)
+        else:
+            sink = ProjectedFeatures(projector, moments)
+        for start, stop in todo:
+            out = np.zeros((stop - start, sink.out_dim), dtype=np.float32)
+            for idx, parts in engine.sft_grads(run.model, run.param_names, encoded[start:stop], run.pad_id, cfg.batch_tokens, run.device):
+                out[idx] = sink(parts).float().cpu().numpy()
+                bar.update(len(idx))
+            save_array(folder / shard_name(start, stop), out)
+    bar.close()
+    run.dist.barrier()
+    if run.dist.is_main:
+        sd.finish(n=len(encoded), shard_size=cfg.shard_size, exact=exact, checkpoints=[c.path.name for c in ckpts],
+                  seconds=time.perf_counter() - started)
+    run.dist.barrier()
+
+
+def gradient_scores(run: Run) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """(scores [N], per-subtask [N, S], subtask names, checkpoint weights) from the gradient stages."""
+    train_sd, val_sd = run.require("train-grads", "grads/train"), run.require("val-grads", "grads/val")
+    tm, vm = train_sd.manifest(), val_sd.manifest()
+    ckpts = run.checkpoints()
+    weights = checkpoint_weights([c.mean_lr() for c in ckpts])
+    train = [load_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in ckpts]
+    if tm["exact"]:  # the shards already hold cosines with each validation item
+        val = [np.eye(len(vm["subtasks"]), dtype=np.float32)] * len(ckpts)
+    else:
+        val = [np.load(val_sd.path / c.path.name / "grads.npy") for c in ckpts]
+    scores, per_subtask = influence(train, val, weights, vm["subtasks"])
+    return scores, per_subtask, list(dict.fromkeys(vm["subtasks"])), weights
 
 
 def score(run: Run) -> None:
@@ -308,18 +372,11 @@ def score(run: Run) -> None:
     if sd.is_done() or not run.dist.is_main:
         run.dist.barrier()
         return
-    train_sd, val_sd = run.require("train-grads", "grads/train"), run.require("val-grads", "grads/val")
-    tm, vm = train_sd.manifest(), val_sd.manifest()
-    ckpts = run.checkpoints()
     sd.begin()
-    weights = checkpoint_weights([c.mean_lr() for c in ckpts])
-    train = [load_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in ckpts]
-    val = [np.load(val_sd.path / c.path.name / "grads.npy") for c in ckpts]
-    scores, per_subtask = influence(train, val, weights, vm["subtasks"])
+    scores, per_subtask, subtasks, weights = gradient_scores(run)
     save_array(sd.path / "scores.npy", scores)
     save_array(sd.path / "per_subtask.npy", per_subtask)
-    write_json(sd.path / "scores.json", {"ids": [e.id for e in run.pool], "subtasks": list(dict.fromkeys(vm["subtasks"])),
-                                         "checkpoint_weights": weights.tolist()})
+    write_json(sd.path / "scores.json", {"ids": [e.id for e in run.pool], "subtasks": subtasks, "checkpoint_weights": weights.tolist()})
     sd.finish(n=len(scores))
     run.dist.barrier()
 
@@ -389,8 +446,8 @@ def evaluate(run: Run) -> None:
 
 STAGES = {
     "warmup": warmup,
-    "train-grads": train_grads,
     "val-grads": val_grads,
+    "train-grads": train_grads,
     "score": score,
     "select": select,
     "finetune": finetune,

@@ -44,20 +44,24 @@ class LoraTaps:
     def _keep(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
         self.records.append((args[0], output))
 
-    def per_example_grads(self, loss: torch.Tensor) -> torch.Tensor:
-        """[B, D] gradient of `loss` (a sum over rows) per row, in LoRA-parameter order."""
+    def per_example_grads(self, loss: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Per row of the batch, the gradient of `loss` (a sum over rows), one LoRA weight at a time.
+
+        Yields [B, D_k] for each LoRA weight k in parameter order; only the segment being consumed
+        is materialised. Consume it fully before the next forward pass.
+        """
         if len(self.records) != len(self.modules):
             raise RuntimeError(f"expected {len(self.modules)} LoRA calls in the forward pass, saw {len(self.records)}")
         inputs, outputs = zip(*self.records)
+        self.records = []
         grad_outputs = torch.autograd.grad(loss, outputs)
-        parts = []
         with torch.no_grad():
             for x, dy in zip(inputs, grad_outputs):
-                # [B, T, out]^T @ [B, T, in] -> [B, out, in], summed over tokens in at least fp32
-                dtype = torch.promote_types(dy.dtype, torch.float32)
-                parts.append(torch.bmm(dy.transpose(1, 2).to(dtype), x.to(dtype)).flatten(1))
-        self.records.clear()
-        return torch.cat(parts, dim=1)
+                # [B, T, out]^T @ [B, T, in] -> [B, out, in]: the sum over tokens, per example.
+                # On GPU, bf16 operands go to the tensor cores as they are (fp32 accumulation).
+                dtype = dy.dtype if dy.is_cuda else torch.promote_types(dy.dtype, torch.float32)
+                g = torch.bmm(dy.transpose(1, 2).to(dtype), x.to(dtype)).flatten(1)
+                yield g.to(torch.promote_types(g.dtype, torch.float32))
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -72,7 +76,7 @@ def sft_grads(
     batch_tokens: int,
     device: torch.device,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield (indices into `examples`, [b, D] per-example gradients of the mean response NLL)."""
+    """Yield (indices into `examples`, per-example gradients of the mean response NLL, segment by segment)."""
     with LoraTaps(model, param_names) as taps:
         for idx in token_batches([len(e) for e in examples], batch_tokens):
             batch = _to(collate([examples[i] for i in idx], pad_id), device)
@@ -90,7 +94,7 @@ def dpo_grads(
     batch_tokens: int,
     device: torch.device,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield (pair indices, [b, D] gradients of each pair's DPO loss).
+    """Yield (pair indices, each pair's DPO-loss gradient segment by segment).
 
     Chosen and rejected go through the network as separate rows of one batch; a pair's gradient is
     the sum of its two rows' gradients of the summed DPO loss. reference_logps: [M, 2].
@@ -103,7 +107,7 @@ def dpo_grads(
             ref = reference_logps[idx].to(device)
             loss = dpo_losses(logp[0::2], logp[1::2], ref[:, 0], ref[:, 1], beta).sum()
             grads = taps.per_example_grads(loss)
-            yield idx, grads[0::2] + grads[1::2]
+            yield idx, (g[0::2] + g[1::2] for g in grads)
 
 
 @torch.no_grad()

@@ -1,34 +1,29 @@
-"""Seeded random projections of flattened gradients, [B, D] -> [B, d]. They know nothing of models.
+"""Seeded random projections of gradients, [B, D] -> [B, d]. They know nothing of models.
 
-Both are Johnson-Lindenstrauss maps whose matrix depends only on (seed, D, d), so every process
-and every run, on CPU or GPU, projects identically and nothing needs to be saved.
+The gradient space is a list of segments (one per LoRA weight matrix, in parameter order), so a
+projection can consume a batch of per-example gradients one segment at a time and never hold the
+whole [B, D] block. The matrix depends only on (seed, segment sizes, d): every process and every
+run, on CPU or GPU, projects identically, and nothing needs to be saved.
 
-- `dense`: a Rademacher matrix (+-1/sqrt(d)) generated block by block from a counter-based hash;
-  the reference (what LESS/TRAK use), costly for large D because every entry is touched.
-- `sparse`: a balanced CountSketch: each coordinate goes to one bucket with a random sign, every
-  bucket receiving the same number of coordinates. One gather and one sum: memory-bound and
-  deterministic (no atomics). Inner products have the same variance as the dense map.
+- `dense`: a Rademacher matrix (+-1/sqrt(d)) whose entry (i, j) is a counter-based hash of
+  (seed, i * d + j), generated block by block: the reference (what LESS/TRAK use). Costly for
+  large D, since every one of its D x d entries is touched for every batch.
+- `sparse`: a CountSketch, balanced inside each segment: every coordinate goes to one bucket with
+  a random sign, and each bucket gets the same number of a segment's coordinates. One gather and
+  one sum per segment: memory-bound and deterministic (no atomics). Inner products keep the same
+  variance as under the dense map.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from collections.abc import Sequence
 
 import torch
 
 _MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)  # splitmix64 constants as signed int64
 _MIX2 = 0x94D049BB133111EB - (1 << 64)
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
-
-
-class Projector(Protocol):
-    in_dim: int
-    out_dim: int
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, in_dim] -> [B, out_dim] float32."""
-        ...
 
 
 def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -46,49 +41,75 @@ def rademacher_signs(rows: torch.Tensor, cols: int, seed: int) -> torch.Tensor:
     return (_shr(x, 40) & 1).float().mul_(2).sub_(1)
 
 
-class DenseProjector:
-    """Dense Rademacher projection, generated in blocks of rows so memory stays bounded."""
+class Projector:
+    """Base: a linear map of the concatenated segments, applied segment by segment."""
 
-    def __init__(self, in_dim: int, out_dim: int, seed: int, block_entries: int = 1 << 24) -> None:
-        self.in_dim, self.out_dim, self.seed = in_dim, out_dim, seed
-        self.block_rows = max(1, block_entries // out_dim)
+    def __init__(self, segments: Sequence[int], out_dim: int, seed: int) -> None:
+        self.segments, self.out_dim, self.seed = list(segments), out_dim, seed
+        self.offsets = [0]
+        for size in self.segments:
+            self.offsets.append(self.offsets[-1] + size)
+        self.in_dim = self.offsets[-1]
+
+    def project(self, part: torch.Tensor, segment: int) -> torch.Tensor:
+        """[B, segments[segment]] -> [B, d]: this segment's contribution to the projection."""
+        raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, D] -> [B, d] float32."""
         out = torch.zeros(x.shape[0], self.out_dim, device=x.device, dtype=torch.float32)
-        for start in range(0, self.in_dim, self.block_rows):
-            stop = min(start + self.block_rows, self.in_dim)
-            rows = torch.arange(start, stop, device=x.device)
-            out.addmm_(x[:, start:stop].float(), rademacher_signs(rows, self.out_dim, self.seed))
+        for k, part in enumerate(torch.split(x, self.segments, dim=1)):
+            out += self.project(part, k)
+        return out
+
+
+class DenseProjector(Projector):
+    """Dense Rademacher projection, generated in blocks of rows so memory stays bounded."""
+
+    def __init__(self, segments: Sequence[int], out_dim: int, seed: int, block_entries: int = 1 << 24) -> None:
+        super().__init__(segments, out_dim, seed)
+        self.block_rows = max(1, block_entries // out_dim)
+
+    def project(self, part: torch.Tensor, segment: int) -> torch.Tensor:
+        first = self.offsets[segment]
+        out = torch.zeros(part.shape[0], self.out_dim, device=part.device, dtype=torch.float32)
+        for start in range(0, part.shape[1], self.block_rows):
+            stop = min(start + self.block_rows, part.shape[1])
+            rows = torch.arange(first + start, first + stop, device=part.device)
+            out.addmm_(part[:, start:stop].float(), rademacher_signs(rows, self.out_dim, self.seed))
         return out.div_(math.sqrt(self.out_dim))
 
 
-class SparseProjector:
+class SparseProjector(Projector):
     """Balanced CountSketch: out[:, j] = sum of sign_i * x[:, i] over the coordinates i of bucket j."""
 
-    def __init__(self, in_dim: int, out_dim: int, seed: int) -> None:
-        self.in_dim, self.out_dim = in_dim, out_dim
-        self.per_bucket = math.ceil(in_dim / out_dim)
-        padded = self.per_bucket * out_dim
-        gen = torch.Generator().manual_seed(seed)
-        # bucket j holds the coordinates order[j * per_bucket : (j + 1) * per_bucket]; ids >= in_dim are padding
-        self.order = torch.randperm(padded, generator=gen)
-        self.signs = (torch.randint(0, 2, (padded,), generator=gen) * 2 - 1).float()
-        self._device: torch.device | None = None
+    def __init__(self, segments: Sequence[int], out_dim: int, seed: int) -> None:
+        super().__init__(segments, out_dim, seed)
+        self._tables: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor, int]] = {}
 
-    def _to(self, device: torch.device) -> None:
-        if self._device != device:
-            self.order, self.signs, self._device = self.order.to(device), self.signs.to(device), device
+    def _table(self, segment: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(coordinate order, signs, coordinates per bucket) of one segment, built once per device."""
+        key = (segment, device)
+        if key not in self._tables:
+            per_bucket = math.ceil(self.segments[segment] / self.out_dim)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + segment)
+            # bucket j holds coordinates order[j * per_bucket : (j + 1) * per_bucket]; ids past the segment are padding
+            order = torch.randperm(per_bucket * self.out_dim, generator=gen)
+            signs = (torch.randint(0, 2, (order.numel(),), generator=gen) * 2 - 1).float()
+            self._tables[key] = (order.to(device), signs.to(device), per_bucket)
+        return self._tables[key]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self._to(x.device)
-        padded = torch.nn.functional.pad(x.float(), (0, self.order.numel() - self.in_dim))
-        picked = padded.index_select(1, self.order).mul_(self.signs)  # [B, padded]
-        return picked.view(x.shape[0], self.out_dim, self.per_bucket).sum(dim=2)
+    def project(self, part: torch.Tensor, segment: int) -> torch.Tensor:
+        order, signs, per_bucket = self._table(segment, part.device)
+        padded = torch.nn.functional.pad(part.float(), (0, order.numel() - part.shape[1]))
+        picked = padded.index_select(1, order).mul_(signs)  # [B, d * per_bucket]
+        return picked.view(part.shape[0], self.out_dim, per_bucket).sum(dim=2)
 
 
-def make_projector(kind: str, in_dim: int, out_dim: int, seed: int) -> Projector:
-    if kind == "dense":
-        return DenseProjector(in_dim, out_dim, seed)
-    if kind == "sparse":
-        return SparseProjector(in_dim, out_dim, seed)
-    raise ValueError(f"unknown projection {kind!r}; expected dense or sparse")
+PROJECTIONS = {"dense": DenseProjector, "sparse": SparseProjector}
+
+
+def make_projector(kind: str, segments: Sequence[int], out_dim: int, seed: int) -> Projector:
+    if kind not in PROJECTIONS:
+        raise ValueError(f"unknown projection {kind!r}; expected one of {', '.join(PROJECTIONS)}")
+    return PROJECTIONS[kind](segments, out_dim, seed)

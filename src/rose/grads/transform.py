@@ -1,8 +1,12 @@
-"""What happens to a raw per-example gradient before it is stored: Adam direction, projection, L2 norm."""
+"""Where per-example gradients go: a projected feature per example, or exact cosines to the target.
+
+Both consume a batch one segment (LoRA weight matrix) at a time, so no more than one segment of
+full per-example gradients is alive at once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,19 +15,51 @@ from .adam import AdamMoments, adam_direction
 from .project import Projector
 
 
-@dataclass
-class GradientTransform:
-    """[B, D] raw LoRA gradients -> [B, d] unit vectors. `adam=None` keeps the plain (SGD) gradient."""
+class ProjectedFeatures:
+    """Per-example gradient segments -> [B, d] unit vectors: Adam direction, projection, L2 norm.
 
-    projector: Projector | None
-    adam: AdamMoments | None = None
+    `adam=None` keeps the plain (SGD) gradient, as for the validation set.
+    """
 
-    def __call__(self, grads: torch.Tensor) -> torch.Tensor:
-        g = adam_direction(grads, self.adam) if self.adam is not None else grads.float()
-        if self.projector is not None:
-            g = self.projector(g)
-        return F.normalize(g, dim=1)
+    def __init__(self, projector: Projector, adam: AdamMoments | None = None) -> None:
+        self.projector = projector
+        self.adam = adam.split(projector.segments) if adam is not None else None
 
     @property
-    def out_dim(self) -> int | None:
-        return self.projector.out_dim if self.projector is not None else None
+    def out_dim(self) -> int:
+        return self.projector.out_dim
+
+    def __call__(self, parts: Iterable[torch.Tensor]) -> torch.Tensor:
+        out = None
+        for k, g in enumerate(parts):
+            if self.adam is not None:
+                g = adam_direction(g, self.adam[k])
+            p = self.projector.project(g, k)
+            out = p if out is None else out.add_(p)
+        return F.normalize(out, dim=1)
+
+
+class ExactCosines:
+    """Per-example gradient segments -> [B, M] cosines with unprojected target directions.
+
+    targets: per segment [M, D_k], together the full target gradients (any scale; they are
+    normalised here). With a small target set this scores every example exactly and stores no
+    training gradients at all.
+    """
+
+    def __init__(self, targets: Sequence[torch.Tensor], adam: AdamMoments | None = None) -> None:
+        norms = torch.sqrt(sum(t.double().square().sum(dim=1) for t in targets)).clamp(min=1e-30)
+        self.targets = [t.double() / norms[:, None] for t in targets]
+        self.adam = adam.split([t.shape[1] for t in targets]) if adam is not None else None
+
+    @property
+    def out_dim(self) -> int:
+        return self.targets[0].shape[0]
+
+    def __call__(self, parts: Iterable[torch.Tensor]) -> torch.Tensor:
+        dots, sq = None, None
+        for k, g in enumerate(parts):
+            g = adam_direction(g, self.adam[k]) if self.adam is not None else g.to(torch.promote_types(g.dtype, torch.float32))
+            d, s = g @ self.targets[k].to(g.device, g.dtype).T, g.square().sum(dim=1)
+            dots, sq = (d, s) if dots is None else (dots + d, sq + s)
+        return dots / sq.sqrt().clamp(min=1e-30)[:, None]
