@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -61,3 +65,21 @@ def test_projected_features_and_exact_cosines_agree_with_the_definition():
     features = ProjectedFeatures(DenseProjector(SEGMENTS, 4096, seed=0), moments)(g.split(SEGMENTS, dim=1))
     assert torch.allclose(features.norm(dim=1), torch.ones(5))
     assert torch.allclose(features, F.normalize(DenseProjector(SEGMENTS, 4096, seed=0)(direction), dim=1), atol=1e-6)
+
+
+def test_the_gpu_kernel_computes_the_same_matrix():
+    """The Triton kernel, run by Triton's CPU interpreter, against the reference hash."""
+    script = (
+        "import torch\n"
+        "from rose.grads.rademacher_triton import rademacher_project\n"
+        "from rose.grads.project import rademacher_signs\n"
+        "x = torch.randn(20, 777, generator=torch.Generator().manual_seed(0))\n"
+        "for row0, n, seed in [(0, 256, 0), (10**8, 384, 7)]:\n"
+        "    got = rademacher_project(x, row0, n, seed)\n"
+        "    want = x @ rademacher_signs(torch.arange(row0, row0 + 777), n, seed)\n"
+        "    assert (got - want).abs().max() < 1e-3 * want.abs().max(), (got - want).abs().max()\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

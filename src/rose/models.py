@@ -159,6 +159,16 @@ def load_adapter_weights(model: PeftModel, adapter_dir: str | Path) -> None:
         raise InputError(adapter_dir, f"adapter lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
 
 
+def set_adapter_dtype(model: PeftModel, dtype: torch.dtype) -> None:
+    """Cast the LoRA weights: float32 to train them, the base model's dtype to take gradients fast.
+
+    peft keeps adapters in float32 under a bf16 model, which sends every LoRA matmul down the
+    slow float32 path; per-example gradients don't need that precision.
+    """
+    for p in lora_parameters(model).values():
+        p.data = p.data.to(dtype)
+
+
 def lora_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
     """The trainable LoRA parameters by name, in model order: the space gradients live in."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}

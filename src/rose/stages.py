@@ -35,7 +35,7 @@ from .formats import Example, PreferencePair, read_pool, read_preferences, read_
 from .grads import engine
 from .grads.project import Projector, make_projector
 from .grads.transform import ExactCosines, ProjectedFeatures
-from .models import add_lora, load_adapter_weights, load_model, load_tokenizer, lora_parameters
+from .models import add_lora, load_adapter_weights, load_model, load_tokenizer, lora_parameters, set_adapter_dtype
 from .score import checkpoint_weights, influence
 from .selection import top_fraction, write_selection
 from .store import StageDir, file_digest, fingerprint, load_shards, read_json, save_array, shard_name, shard_ranges, write_json
@@ -160,6 +160,7 @@ class Run:
     def fresh_adapters(self) -> PeftModel:
         """Re-initialise the adapters (seeded), for a training run that starts from the base model."""
         torch.manual_seed(self.config.seed)
+        set_adapter_dtype(self.model, torch.float32)
         for module in self.model.modules():
             if hasattr(module, "reset_lora_parameters"):
                 module.reset_lora_parameters("default", True)
@@ -174,8 +175,10 @@ class Run:
         """Sizes of the LoRA weight matrices, in order: the segments of the gradient space."""
         return [p.numel() for p in lora_parameters(self.model).values()]
 
-    def load_checkpoint(self, ckpt: Checkpoint) -> None:
-        load_adapter_weights(self.model, ckpt.adapter)
+    def load_adapter(self, adapter: Path) -> None:
+        """Load saved adapter weights for inference or gradients (in the base model's dtype)."""
+        load_adapter_weights(self.model, adapter)
+        set_adapter_dtype(self.model, self.model.get_base_model().dtype)
         self.model.eval()
 
     # --------------------------------------------------------------------------- keys
@@ -295,7 +298,7 @@ def val_grads(run: Run) -> None:
     if cfg.projection != "none":  # exact scoring recomputes full validation gradients in train-grads
         sink = ProjectedFeatures(_projector(run))
         for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt"):
-            run.load_checkpoint(ckpt)
+            run.load_adapter(ckpt.adapter)
             save_array(sd.path / ckpt.path.name / "grads.npy", validation_grads(run, sink, reference).float().numpy())
     sd.finish(ids=[p.id for p in pairs], subtasks=[p.subtask for p in pairs], checkpoints=[c.path.name for c in ckpts],
               seconds=time.perf_counter() - started)
@@ -330,7 +333,7 @@ def train_grads(run: Run) -> None:
         bar.update(sum(b - a for a, b in mine) - sum(b - a for a, b in todo))
         if not todo:
             continue
-        run.load_checkpoint(ckpt)
+        run.load_adapter(ckpt.adapter)
         moments = ckpt.moments(run.param_names).to(run.device)
         if exact:
             targets = validation_grads(run, _RawGradients(sum(run.segments)), reference).to(run.device)
@@ -426,8 +429,7 @@ def evaluate(run: Run) -> None:
         return
     tune = run.require("finetune", "finetune")
     sd.begin()
-    load_adapter_weights(run.model, tune.path / tune.manifest()["adapter"])
-    run.model.eval()
+    run.load_adapter(tune.path / tune.manifest()["adapter"])
     budget = run.config.gradients.batch_tokens
     metrics: dict = {}
     pairs, encoded = run.heldout

@@ -6,8 +6,9 @@ whole [B, D] block. The matrix depends only on (seed, segment sizes, d): every p
 run, on CPU or GPU, projects identically, and nothing needs to be saved.
 
 - `dense`: a Rademacher matrix (+-1/sqrt(d)) whose entry (i, j) is a counter-based hash of
-  (seed, i * d + j), generated block by block: the reference (what LESS/TRAK use). Costly for
-  large D, since every one of its D x d entries is touched for every batch.
+  (seed, i * d + j): the reference (what LESS/TRAK use). On CPU it is generated block by block;
+  on GPU a Triton kernel hashes each tile in registers (`rademacher_triton.py`). Costly for
+  large D all the same, since every one of its D x d entries is computed for every batch.
 - `sparse`: a CountSketch, balanced inside each segment: every coordinate goes to one bucket with
   a random sign, and each bucket gets the same number of a segment's coordinates. One gather and
   one sum per segment: memory-bound and deterministic (no atomics). Inner products keep the same
@@ -72,6 +73,10 @@ class DenseProjector(Projector):
 
     def project(self, part: torch.Tensor, segment: int) -> torch.Tensor:
         first = self.offsets[segment]
+        if part.is_cuda:  # the same matrix, hashed inside one fused kernel instead of written out
+            from .rademacher_triton import rademacher_project
+
+            return rademacher_project(part, first, self.out_dim, self.seed).div_(math.sqrt(self.out_dim))
         out = torch.zeros(part.shape[0], self.out_dim, device=part.device, dtype=torch.float32)
         for start in range(0, part.shape[1], self.block_rows):
             stop = min(start + self.block_rows, part.shape[1])
