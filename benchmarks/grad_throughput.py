@@ -189,6 +189,13 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
         fn()  # warm-up
         seconds, peak = timed(fn, device)
         record(name, seconds, peak, len(examples), tokens)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]) as prof:
+            engine_pass(sinks["engine_sparse"])
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25), flush=True)
     results["modes"] = modes
     base_rate = modes["less_loop"]["examples_per_s"]
     best = max((k for k in modes if k.startswith("engine_") and k != "engine_exact"), key=lambda k: modes[k]["examples_per_s"])
@@ -220,6 +227,7 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=10, help="Validation targets for exact scoring.")
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="Print a torch.profiler table of one engine pass.")
     parser.add_argument("--out", default="docs/benchmarks/grad_throughput.json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

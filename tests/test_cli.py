@@ -24,7 +24,7 @@ def test_every_subcommand_has_help(command, capsys):
 
 def test_top_level_help_names_the_stages():
     out = subprocess.run([sys.executable, "-m", "rose", "--help"], capture_output=True, text=True, check=True).stdout
-    assert "warmup -> train-grads -> val-grads -> score -> select -> finetune -> evaluate" in out
+    assert "warmup -> val-grads -> train-grads -> score -> select -> reference -> finetune -> evaluate" in out
 
 
 def test_config_keys_lists_defaults(capsys):

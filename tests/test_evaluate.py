@@ -1,53 +1,48 @@
-"""Evaluation metrics against direct computations with the model."""
+"""Evaluation: metric functions on known log-probs, and the log-probs themselves against the model."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from rose.encoding import collate, encode
-from rose.evaluate import golden_nll, preference_accuracy
+from rose.evaluate import dpo_loss, golden_nll, preference_metrics
 from rose.formats import Origin
+from rose.grads.engine import sequence_logprobs
 from conftest import lora_model
 
-CPU = torch.device("cpu")
+
+def test_preference_metrics_from_known_log_probs():
+    tuned = np.array([[-10.0, -12.0], [-5.0, -4.0], [-8.0, -8.0], [-20.0, -9.0]])
+    base = np.array([[-11.0, -11.0], [-5.0, -5.0], [-8.0, -8.0], [-22.0, -10.0]])
+    counts = np.array([[10, 10], [5, 2], [4, 4], [20, 3]])
+    res = preference_metrics(tuned, base, counts, ["a", "a", "b", "b"])
+    # rewards (chosen, rejected): (1, -1), (0, 1), (0, 0), (2, 1) -> margins 2, -1, 0, 1
+    assert res.heldout_pref_acc == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert res.reward_margin == pytest.approx(0.5)
+    assert res.per_subtask_acc == {"a": 0.5, "b": 0.75}
+    # per-token log-probs: (-1, -1.2), (-1, -2), (-2, -2), (-1, -3)
+    assert res.length_norm_pref_acc == pytest.approx((1 + 1 + 0.5 + 1) / 4)
 
 
-def _pairs(tokenizer):
-    enc = lambda q, a: encode(tokenizer, ({"role": "user", "content": q},), a, 96, Origin("t"))
-    return [(enc("Say yes.", "Yes."), enc("Say yes.", "No, never.")), (enc("Capital of France?", "Paris."), enc("Capital of France?", "Rome."))]
+def test_dpo_loss_and_nll_match_their_formulas():
+    tuned, base = np.array([[-3.0, -7.0], [-4.0, -1.0]]), np.array([[-5.0, -5.0], [-2.0, -2.0]])
+    margins = torch.tensor([4.0, -3.0])
+    assert dpo_loss(tuned, base, 0.1) == pytest.approx(float(-F.logsigmoid(0.1 * margins).mean()))
+    res = golden_nll(np.array([-6.0, -2.0, -9.0]), np.array([3, 1, 6]), ["x", "y", "x"])
+    assert res.golden_nll == pytest.approx(17 / 10) and res.per_subtask_nll == {"x": 15 / 9, "y": 2.0} and res.n_tokens == 10
 
 
-def test_untrained_adapter_ties_every_pair(tokenizer):
-    model = lora_model()
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.zeros_(p)  # B = 0: the adapter changes nothing
-    res = preference_accuracy(model, _pairs(tokenizer), ["a", "b"], tokenizer.pad_token_id, 4096, CPU)
-    assert res.heldout_pref_acc == 0.5 and res.reward_margin == 0.0 and res.per_subtask_acc == {"a": 0.5, "b": 0.5}
-
-
-def test_margin_is_the_implicit_reward_difference(tokenizer):
+def test_sequence_logprobs_match_a_direct_forward(tokenizer):
     model = lora_model(seed=3)
-    pairs = _pairs(tokenizer)
-
-    def logp(seq, adapter):
+    seqs = [encode(tokenizer, ({"role": "user", "content": q},), a, 96, Origin("t"))
+            for q, a in [("Say yes.", "Yes."), ("Capital of France?", "Paris, the capital, on the Seine.")]]
+    logps, counts = sequence_logprobs(model, seqs, tokenizer.pad_token_id, 4096, torch.device("cpu"))
+    for seq, lp, n in zip(seqs, logps, counts):
         batch = collate([seq], tokenizer.pad_token_id)
         with torch.no_grad():
-            if adapter:
-                logits = model(input_ids=batch["input_ids"]).logits
-            else:
-                with model.disable_adapter():
-                    logits = model(input_ids=batch["input_ids"]).logits
-        return -F.cross_entropy(logits[0, :-1], batch["labels"][0, 1:], ignore_index=-100, reduction="sum").item()
-
-    reward = lambda s: logp(s, True) - logp(s, False)
-    margins = [reward(c) - reward(r) for c, r in pairs]
-    res = preference_accuracy(model, pairs, ["x", "x"], tokenizer.pad_token_id, 4096, CPU)
-    assert abs(res.reward_margin - sum(margins) / 2) < 1e-3
-    assert res.heldout_pref_acc == sum(m > 0 for m in margins) / 2
-    seqs = [c for c, _ in pairs]
-    nll = golden_nll(model, seqs, ["x", "y"], tokenizer.pad_token_id, 4096, CPU)
-    tokens = sum(len(s) - s.n_prompt for s in seqs)
-    assert nll.n_tokens == tokens
-    assert abs(nll.golden_nll - (-sum(logp(s, True) for s in seqs) / tokens)) < 1e-4
+            logits = model(input_ids=batch["input_ids"]).logits
+        want = -F.cross_entropy(logits[0, :-1], batch["labels"][0, 1:], ignore_index=-100, reduction="sum")
+        assert abs(float(lp) - float(want)) < 1e-3 and int(n) == len(seq) - seq.n_prompt

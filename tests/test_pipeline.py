@@ -16,7 +16,7 @@ from rose.pipeline import run_stages
 from rose.stages import STAGES
 from rose.store import MANIFEST, read_json
 
-FOLDERS = ["warmup", "grads/train", "grads/val", "scores", "selection", "finetune", "eval"]
+FOLDERS = ["warmup", "grads/val", "grads/train", "scores", "selection", "reference", "finetune", "eval"]
 
 
 def tiny_config(run_dir, files, **overrides):
@@ -51,6 +51,8 @@ def test_every_stage_writes_complete_outputs(finished_run):
     assert len(selected) == round(0.125 * n) and all(set(r) == {"dataset", "id", "messages"} for r in selected)
     summary = read_json(run_dir / "summary.json")
     assert 0 <= summary["heldout_pref_acc"] <= 1 and summary["n_pairs"] == 8 and summary["golden_nll"] > 0
+    assert summary["val_dpo_loss"] > 0 and 0 <= summary["length_norm_pref_acc"] <= 1
+    assert summary["golden_nll"] < summary["base_golden_nll"]  # fine-tuning on the planted skill helps its answers
     assert (run_dir / "report.md").read_text().startswith("# rose run")
     assert "warmup" in summary["stage_seconds"]
 
@@ -78,7 +80,7 @@ def test_rerun_skips_finished_stages_and_later_stages_follow_config_changes(fini
 def test_a_stage_needs_its_inputs(tmp_path, demo_files):
     with pytest.raises(RunDirError, match="run `rose warmup`"):
         run_stages(tiny_config(tmp_path, demo_files), ["train-grads"])
-    assert list(STAGES)[0] == "warmup"
+    assert list(STAGES) == ["warmup", "val-grads", "train-grads", "score", "select", "reference", "finetune", "evaluate"]
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,6 +17,7 @@ STAGE_HELP = {
     "val-grads": "Per-pair DPO gradients of the validation preferences at each checkpoint (projected).",
     "score": "Influence: lr-weighted cosine over checkpoints, mean over shots, max over subtasks.",
     "select": "Write the top share of the pool (selected.jsonl, in the pool's own format).",
+    "reference": "Base-model log-probs of the held-out, validation and test sets (for evaluation).",
     "finetune": "LoRA-train the base model on the selection.",
     "evaluate": "Held-out preference accuracy, reward margin and golden-answer NLL of the fine-tuned model.",
 }
@@ -25,7 +26,8 @@ DESCRIPTION = """\
 rose: pick the few training examples that make an LLM better at one target task (ROSE).
 
 Stages (each writes a folder of the run directory and is skipped when already complete):
-  warmup -> train-grads -> val-grads -> score -> select -> finetune -> evaluate
+  warmup -> val-grads -> train-grads -> score -> select -> reference -> finetune -> evaluate
+(baselines other than LESS start at score: select.method=random|bm25|embedding|full)
 
 Examples:
   rose demo                                   # the built-in synthetic task, on CPU in minutes
@@ -51,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     for name, text in STAGE_HELP.items():
         _add_config_args(sub.add_parser(name, help=text, description=text))
+    p = sub.add_parser("compare", help="Every selection method at the same budget, plus budget and few-shot sweeps.",
+                       description="Run ROSE, LESS, random (several seeds), BM25, embedding similarity and the full pool "
+                                   "(compare.methods), fine-tune each selection identically, evaluate, and write "
+                                   "run_dir/compare/report.md with plots. Shared stages are computed once; reruns resume.")
+    _add_config_args(p)
     p = sub.add_parser("demo", help="Run the built-in synthetic task end to end (SmolLM2 on CPU, a few minutes).",
                        description="Generate a synthetic pool with a planted skill and a preference set that rewards it, run "
                                    "every stage, and report how much of the selection comes from the planted skill.")
@@ -87,6 +94,28 @@ def _run_demo(args: argparse.Namespace) -> None:
     print(table(summary_rows(summary)))
 
 
+def _run_compare(config) -> None:
+    from .compare import run_compare
+    from .report import compare_plots, method_summary, render_compare, table
+    from .store import atomic_write_text, write_json
+
+    out = Path(config.run_dir) / "compare"
+
+    def write_report(results: dict) -> None:
+        images = compare_plots(results, out, config.compare.budget_methods, config.compare.shot_methods)
+        sweeps = {"budget": config.compare.budget_methods, "shots": config.compare.shot_methods}
+        atomic_write_text(out / "report.md", render_compare(results, f"rose compare: {config.run_dir}", images, sweeps))
+
+    results = run_compare(config, on_result=write_report)
+    write_report(results)
+    summary = method_summary(results)
+    if config.compare.results_json:
+        write_json(config.compare.results_json, {"run_dir": config.run_dir, "methods": summary, "variants": results})
+    print(table([(m, f"acc {e['heldout_pref_acc']:.4f}  margin {e['reward_margin']:.3f}  n={e['n_selected']}")
+                 for m, e in summary.items()]))
+    print(f"report: {out / 'report.md'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
@@ -101,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                 import yaml
 
                 print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False))
+            return 0
+        if args.command == "compare":
+            _run_compare(load_config(args.config, args.overrides))
             return 0
         from .pipeline import run_stages
         from .report import summary_rows, table

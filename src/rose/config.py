@@ -125,19 +125,55 @@ class GradientConfig:
             _positive(f"gradients.{name}", getattr(self, name))
 
 
+METHODS = ("rose", "less", "random", "bm25", "embedding", "full")
+GRADIENT_METHODS = ("rose", "less")
+
+
 @dataclass
 class SelectConfig:
     fraction: float = _f(0.05, "Share of the pool to select (top scores).")
-    method: str = _f("rose", "rose (DPO validation gradients) or less (SFT validation gradients on the chosen responses).")
+    method: str = _f("rose", "rose (DPO validation gradients), less (SFT validation gradients of the chosen responses), "
+                             "random, bm25 (against validation prompts + chosen), embedding (base model's mean hidden "
+                             "state, cosine), or full (the whole pool).")
+    seed: int = _f(0, "Seed of the random baseline.")
 
     def __post_init__(self) -> None:
         _fraction("select.fraction", self.fraction)
-        _choice("select.method", self.method, ("rose", "less"))
+        _choice("select.method", self.method, METHODS)
+
+
+@dataclass
+class JudgeSettings:
+    enabled: bool = _f(False, "Also measure an LLM-judge win rate against the golden answers (needs an endpoint).")
+    base_url: str | None = _f(None, "OpenAI-compatible endpoint; default: $ROSE_JUDGE_BASE_URL, else the OpenAI API.")
+    model: str = _f("gpt-4o", "Judge model name at the endpoint.")
+    api_key_env: str = _f("OPENAI_API_KEY", "Environment variable holding the endpoint's API key.")
+    max_prompts: int = _f(100, "Test prompts to generate answers for and judge (seeded sample).")
+    max_new_tokens: int = _f(256, "Longest generated answer, in tokens.")
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = _f(8, "Sequences per evaluation forward pass.")
+    judge: JudgeSettings = field(default_factory=JudgeSettings, metadata={"help": "Optional LLM-judge win rate."})
+
+
+@dataclass
+class CompareConfig:
+    methods: list[str] = _f(list(METHODS), "Methods of the main comparison, all at select.fraction.")
+    random_seeds: list[int] = _f([0, 1, 2], "Seeds of the random baseline (mean and spread are reported).")
+    budgets: list[float] = _f([0.01, 0.05, 0.1, 0.2], "Data budgets (shares of the pool) for the budget sweep.")
+    budget_methods: list[str] = _f(["rose", "less", "random"], "Methods of the budget sweep.")
+    shots: dict[str, list[str]] = _f({}, "Few-shot sweep: name -> validation files (e.g. {'1': [...], '10': [...]}).", path=True)
+    shot_methods: list[str] = _f(["rose", "less"], "Methods of the few-shot sweep (at select.fraction).")
+    full_epochs: int = _f(1, "Fine-tuning epochs on the full pool (it is 1/fraction times larger than a selection).")
+    results_json: str | None = _f(None, "Also write the main results here (e.g. docs/results/shp.json).", path=True)
+
+    def __post_init__(self) -> None:
+        for m in [*self.methods, *self.budget_methods, *self.shot_methods]:
+            _choice("compare methods", m, METHODS)
+        for b in self.budgets:
+            _fraction("compare.budgets", b)
 
 
 @dataclass
@@ -152,6 +188,7 @@ class RunConfig:
     select: SelectConfig = field(default_factory=SelectConfig, metadata={"help": "Selection."})
     finetune: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Final LoRA fine-tune on the selection."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "`rose compare`: baselines and sweeps."})
 
 
 # ----------------------------------------------------------------------------- validation helpers
@@ -188,6 +225,11 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
         if value is None:
             return None
         raise ConfigError(f"{name}: expected null, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(hint)
+        return {_check_type(f"{name} key", str(k), key_type): _check_type(f"{name}[{k}]", v, value_type) for k, v in value.items()}
     if origin is list:
         if isinstance(value, (str, int, float)):
             value = [value]
@@ -236,6 +278,8 @@ def build(cls: type, data: dict, prefix: str = "", base_dir: Path | None = None)
 
 
 def _resolve_paths(value: Any, base_dir: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve_paths(v, base_dir) for k, v in value.items()}
     if isinstance(value, list):
         return [_resolve_paths(v, base_dir) for v in value]
     path = Path(value).expanduser()

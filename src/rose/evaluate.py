@@ -1,28 +1,25 @@
-"""Evaluate a fine-tuned adapter on the target task: held-out preference accuracy, reward margin, NLL.
+"""Evaluation metrics of a fine-tuned adapter, computed from response log-probabilities.
 
 The implicit reward of a response is log pi_ft(y|x) - log pi_base(y|x), with pi_base the same
-network with its adapter switched off. A pair counts as right when the chosen response's reward
-beats the rejected one's (a tie counts half).
+network with its adapter switched off. A held-out pair counts as right when the chosen response's
+reward beats the rejected one's (a tie counts half). Functions here take the log-probs; the
+evaluate stage computes them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
-import torch
-from peft import PeftModel
-
-from .encoding import Encoded
-from .grads.engine import sequence_logprobs
 
 
 @dataclass(frozen=True)
 class PreferenceResult:
-    heldout_pref_acc: float
-    reward_margin: float
+    heldout_pref_acc: float  # implicit-reward accuracy
+    reward_margin: float  # mean (reward chosen - reward rejected)
+    length_norm_pref_acc: float  # the tuned model's own per-token log-prob prefers the chosen response
     n_pairs: int
     per_subtask_acc: dict[str, float]
 
@@ -35,42 +32,34 @@ class NllResult:
     per_subtask_nll: dict[str, float]
 
 
-def _logps(model: PeftModel, seqs: Sequence[Encoded], pad_id: int, batch_tokens: int, device: torch.device, adapter: bool):
-    if adapter:
-        return sequence_logprobs(model, seqs, pad_id, batch_tokens, device)
-    with model.disable_adapter():
-        return sequence_logprobs(model, seqs, pad_id, batch_tokens, device)
+def _right(margin: np.ndarray) -> np.ndarray:
+    return np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
 
 
-def preference_accuracy(
-    model: PeftModel,
-    pairs: Sequence[tuple[Encoded, Encoded]],
-    subtasks: Sequence[str],
-    pad_id: int,
-    batch_tokens: int,
-    device: torch.device,
-) -> PreferenceResult:
-    seqs = [s for pair in pairs for s in pair]
-    tuned, _ = _logps(model, seqs, pad_id, batch_tokens, device, adapter=True)
-    base, _ = _logps(model, seqs, pad_id, batch_tokens, device, adapter=False)
-    reward = (tuned - base).double().view(-1, 2).numpy()
+def preference_metrics(tuned: np.ndarray, base: np.ndarray, counts: np.ndarray, subtasks: Sequence[str]) -> PreferenceResult:
+    """tuned, base: [P, 2] summed log-probs of (chosen, rejected); counts: [P, 2] response tokens."""
+    reward = np.asarray(tuned, np.float64) - np.asarray(base, np.float64)
     margin = reward[:, 0] - reward[:, 1]
-    right = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
+    right = _right(margin)
+    per_token = np.asarray(tuned, np.float64) / np.maximum(counts, 1)
     groups: dict[str, list[float]] = defaultdict(list)
     for s, r in zip(subtasks, right):
         groups[s].append(r)
-    return PreferenceResult(float(right.mean()), float(margin.mean()), len(pairs), {s: float(np.mean(v)) for s, v in groups.items()})
+    return PreferenceResult(float(right.mean()), float(margin.mean()), float(_right(per_token[:, 0] - per_token[:, 1]).mean()),
+                            len(right), {s: float(np.mean(v)) for s, v in groups.items()})
 
 
-def golden_nll(
-    model: torch.nn.Module, tests: Sequence[Encoded], subtasks: Sequence[str], pad_id: int, batch_tokens: int, device: torch.device
-) -> NllResult:
-    """Negative log-likelihood per golden-answer token of `model` as it is, over all prompts and per subtask."""
-    logp, count = sequence_logprobs(model, tests, pad_id, batch_tokens, device)
+def dpo_loss(tuned: np.ndarray, base: np.ndarray, beta: float) -> float:
+    """Mean DPO loss of the tuned model (reference = base) on [P, 2] (chosen, rejected) log-probs."""
+    margin = (tuned[:, 0] - base[:, 0]) - (tuned[:, 1] - base[:, 1])
+    return float(np.mean(np.logaddexp(0.0, -beta * np.asarray(margin, np.float64))))
+
+
+def golden_nll(logps: np.ndarray, counts: np.ndarray, subtasks: Sequence[str]) -> NllResult:
+    """Negative log-likelihood per golden-answer token, over all prompts and per subtask."""
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for s, lp, n in zip(subtasks, logp.tolist(), count.tolist()):
+    for s, lp, n in zip(subtasks, np.asarray(logps, np.float64), counts):
         sums[s][0] -= lp
-        sums[s][1] += n
-    tokens = int(count.sum())
-    return NllResult(float(-logp.sum() / max(1, tokens)), len(tests), tokens, {s: v[0] / max(1, v[1]) for s, v in sums.items()})
-
+        sums[s][1] += int(n)
+    tokens = int(np.sum(counts))
+    return NllResult(float(-np.sum(logps) / max(1, tokens)), len(logps), tokens, {s: v[0] / max(1, v[1]) for s, v in sums.items()})

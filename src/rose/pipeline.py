@@ -12,9 +12,10 @@ import yaml
 from . import __version__
 from .config import RunConfig, to_dict
 from .distributed import Dist
-from .report import render_report, stage_seconds
-from .stages import STAGES, Run
-from .store import atomic_write_text, read_json, write_json
+from .context import FOLDERS, Run, stages_for
+from .report import render_report
+from .stages import STAGES
+from .store import MANIFEST, atomic_write_text, read_json, write_json
 
 log = logging.getLogger("rose")
 
@@ -33,10 +34,11 @@ def record_config(run: Run) -> None:
     atomic_write_text(run.dir / "config.yaml", yaml.safe_dump(body, sort_keys=False))
 
 
-def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist | None = None) -> Run:
-    """Run the named stages (default: all) in pipeline order; completed stages are skipped."""
-    run = Run(config, dist or Dist.from_env())
-    wanted = list(names or STAGES)
+def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist | None = None, base: Run | None = None) -> Run:
+    """Run the named stages (default: all that the selection method needs) in pipeline order;
+    completed stages are skipped. `base`: an earlier Run whose loaded model and data to reuse."""
+    run = base.derive(config) if base is not None else Run(config, dist or Dist.from_env())
+    wanted = list(names or stages_for(config.select.method))
     unknown = [n for n in wanted if n not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
@@ -51,6 +53,17 @@ def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist
     if run.dist.is_main and names is None:
         summarize(run)
     return run
+
+
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Wall time each completed stage recorded in its manifest."""
+    out = {}
+    for stage, folder in FOLDERS.items():
+        file = Path(run_dir) / folder / MANIFEST
+        seconds = read_json(file).get("seconds") if file.is_file() else None
+        if seconds is not None:
+            out[stage] = round(float(seconds), 1)
+    return out
 
 
 def summarize(run: Run, extra: dict | None = None) -> dict:

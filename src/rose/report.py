@@ -4,31 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .store import MANIFEST, read_json
-
-STAGE_FOLDERS = {
-    "warmup": "warmup",
-    "train-grads": "grads/train",
-    "val-grads": "grads/val",
-    "score": "scores",
-    "select": "selection",
-    "finetune": "finetune",
-    "evaluate": "eval",
-}
-
-
-def stage_seconds(run_dir: Path) -> dict[str, float]:
-    """Wall time each completed stage recorded in its manifest."""
-    out = {}
-    for stage, folder in STAGE_FOLDERS.items():
-        file = Path(run_dir) / folder / MANIFEST
-        if file.is_file():
-            seconds = read_json(file).get("seconds")
-            if seconds is not None:
-                out[stage] = round(float(seconds), 1)
-    return out
-
-
 def table(rows: list[tuple[str, str]]) -> str:
     """A two-column text table for the terminal."""
     width = max(len(k) for k, _ in rows)
@@ -39,7 +14,8 @@ def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-KEY_METRICS = ("planted_precision", "base_rate", "heldout_pref_acc", "reward_margin", "golden_nll", "base_golden_nll", "n_pairs", "n_selected", "n_pool")
+KEY_METRICS = ("planted_precision", "base_rate", "heldout_pref_acc", "reward_margin", "length_norm_pref_acc", "val_dpo_loss",
+               "golden_nll", "base_golden_nll", "judge_win_rate", "n_pairs", "n_selected", "n_pool")
 
 
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
@@ -62,4 +38,144 @@ def render_report(summary: dict) -> str:
         lines += [f"| {s} | {a:.3f} |" for s, a in summary["per_subtask_acc"].items()]
     if summary.get("notes"):
         lines += ["", *summary["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- rose compare
+
+COMPARE_METRICS = ("heldout_pref_acc", "reward_margin", "length_norm_pref_acc", "golden_nll", "val_dpo_loss", "judge_win_rate")
+
+
+def method_summary(results: dict[str, dict], group: str = "main") -> dict[str, dict]:
+    """Per method of a group: mean and spread (std over seeds) of each metric, and the selection size."""
+    import numpy as np
+
+    by_method: dict[str, list[dict]] = {}
+    for r in results.values():
+        if r["group"] == group:
+            by_method.setdefault(r["method"], []).append(r)
+    out = {}
+    for method, rows in by_method.items():
+        entry = {"n_runs": len(rows), "n_selected": rows[0]["n_selected"], "fraction": rows[0]["fraction"]}
+        for m in COMPARE_METRICS:
+            values = [r[m] for r in rows if m in r]
+            if values:
+                entry[m] = float(np.mean(values))
+                if len(values) > 1:
+                    entry[f"{m}_std"] = float(np.std(values, ddof=1))
+        out[method] = entry
+    return out
+
+
+def _mean_by(results: dict[str, dict], group: str, key: str, field: str = "heldout_pref_acc") -> dict[str, dict]:
+    """{method: {key value: mean of field}} over a sweep group."""
+    acc: dict[str, dict] = {}
+    for r in results.values():
+        if r["group"] == group or (group == "budget" and r["group"] == "main"):
+            acc.setdefault(r["method"], {}).setdefault(r[key], []).append(r[field])
+    return {m: {k: sum(v) / len(v) for k, v in sorted(d.items(), key=lambda kv: float(kv[0]))} for m, d in acc.items()}
+
+
+def compare_plots(results: dict[str, dict], out_dir: Path, budget_methods: list[str], shot_methods: list[str]) -> list[str]:
+    """Bar chart with error bars, budget and few-shot lines, and DPO loss vs accuracy; returns file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    summary = method_summary(results)
+    if summary:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        names = list(summary)
+        ax.bar(names, [summary[m]["heldout_pref_acc"] for m in names],
+               yerr=[summary[m].get("heldout_pref_acc_std", 0) for m in names], capsize=4, color="#4c72b0")
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_ylabel("held-out preference accuracy")
+        ax.set_title("Selection methods at the same budget")
+        fig.tight_layout()
+        fig.savefig(out_dir / "accuracy.png", dpi=120)
+        plt.close(fig)
+        files.append("accuracy.png")
+    budget = {m: v for m, v in _mean_by(results, "budget", "fraction").items() if m in budget_methods}
+    if any(len(v) > 1 for v in budget.values()):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for m, points in budget.items():
+            ax.plot([100 * float(k) for k in points], list(points.values()), marker="o", label=m)
+        if "full" in summary:
+            ax.axhline(summary["full"]["heldout_pref_acc"], color="black", ls="--", lw=1, label="full pool")
+        ax.set_xscale("log")
+        ax.set_xlabel("selected share of the pool (%)")
+        ax.set_ylabel("held-out preference accuracy")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "budget.png", dpi=120)
+        plt.close(fig)
+        files.append("budget.png")
+    shots = {m: v for m, v in _mean_by(results, "shots", "shots").items() if m in shot_methods}
+    if any(len(v) > 1 for v in shots.values()):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for m, points in shots.items():
+            ax.plot([int(k) for k in points], list(points.values()), marker="o", label=m)
+        if "random" in summary:
+            ax.axhline(summary["random"]["heldout_pref_acc"], color="grey", ls="--", lw=1, label="random")
+        ax.set_xlabel("validation shots per subtask")
+        ax.set_ylabel("held-out preference accuracy")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "shots.png", dpi=120)
+        plt.close(fig)
+        files.append("shots.png")
+    points = [r for r in results.values() if "val_dpo_loss" in r]
+    if points:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for method in dict.fromkeys(r["method"] for r in points):
+            rows = [r for r in points if r["method"] == method]
+            ax.scatter([r["val_dpo_loss"] for r in rows], [r["heldout_pref_acc"] for r in rows], label=method)
+        ax.set_xlabel("validation DPO loss of the fine-tuned model")
+        ax.set_ylabel("held-out preference accuracy")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / "dpo_vs_acc.png", dpi=120)
+        plt.close(fig)
+        files.append("dpo_vs_acc.png")
+    return files
+
+
+def _cell(entry: dict, metric: str) -> str:
+    if metric not in entry:
+        return ""
+    std = entry.get(f"{metric}_std")
+    return f"{entry[metric]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def render_compare(results: dict[str, dict], title: str, images: list[str], sweep_methods: dict[str, list[str]]) -> str:
+    """Markdown report of a comparison; sweep_methods: {"budget": [...], "shots": [...]} methods per sweep."""
+    summary = method_summary(results)
+    metrics = [m for m in COMPARE_METRICS if any(m in e for e in summary.values())]
+    lines = [f"# {title}", "", "Mean ± standard deviation over seeds (random baseline) where there are several runs.", "",
+             "| method | selected | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
+    for method, e in summary.items():
+        lines.append(f"| {method} | {e['n_selected']} | " + " | ".join(_cell(e, m) for m in metrics) + " |")
+    lines += [""] + [f"![{name}]({name})" for name in images]
+    main = [r for r in results.values() if r["group"] == "main"]
+    subtasks = sorted({s for r in main for s in r.get("per_subtask_acc", {})})
+    if len(subtasks) > 1:
+        lines += ["", "## Held-out accuracy per subtask", "", "| method | " + " | ".join(subtasks) + " |", "|---|" + "---:|" * len(subtasks)]
+        for method in dict.fromkeys(r["method"] for r in main):
+            rows = [r["per_subtask_acc"] for r in main if r["method"] == method]
+            lines.append(f"| {method} | " + " | ".join(f"{sum(r[s] for r in rows) / len(rows):.3f}" for s in subtasks) + " |")
+    sources = sorted({s for r in main for s in r["sources"]})
+    lines += ["", "## Share of each pool source in the selection", "", "| method | " + " | ".join(sources) + " |", "|---|" + "---:|" * len(sources)]
+    for method in dict.fromkeys(r["method"] for r in main):
+        row = next(r for r in main if r["method"] == method)
+        lines.append(f"| {method} | " + " | ".join(f"{row['sources'][s]['share']:.1%}" for s in sources) + " |")
+    for group, key in (("budget", "fraction"), ("shots", "shots")):
+        sweep = {m: v for m, v in _mean_by(results, group, key).items() if m in sweep_methods[group]}
+        if any(r["group"] == group for r in results.values()):
+            columns = sorted({k for v in sweep.values() for k in v}, key=float)
+            lines += ["", f"## {'Data budget' if group == 'budget' else 'Validation shots'}: held-out accuracy", "",
+                      f"| method | " + " | ".join(map(str, columns)) + " |", "|---|" + "---:|" * len(columns)]
+            for method, points in sweep.items():
+                lines.append(f"| {method} | " + " | ".join(f"{points[c]:.4f}" if c in points else "" for c in columns) + " |")
     return "\n".join(lines) + "\n"

@@ -21,6 +21,19 @@ def subtask_index(subtasks: Sequence[str]) -> tuple[list[str], np.ndarray]:
     return names, np.array([names.index(s) for s in subtasks])
 
 
+def aggregate(sims: np.ndarray, subtasks: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """[N, M] similarities to each validation item -> (scores [N], per-subtask [N, S]).
+
+    per_subtask[n, s] is the mean over the items of subtask s; scores[n] the max over subtasks.
+    """
+    _, index = subtask_index(subtasks)
+    member = np.zeros((len(subtasks), int(index.max()) + 1))  # [M, S] averaging matrix
+    member[np.arange(len(subtasks)), index] = 1
+    member /= member.sum(axis=0, keepdims=True)
+    per_subtask = np.asarray(sims, np.float64) @ member
+    return per_subtask.max(axis=1), per_subtask
+
+
 def influence(
     train: Sequence[np.ndarray],
     val: Sequence[np.ndarray],
@@ -30,22 +43,17 @@ def influence(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score every training example against the target.
 
-    train: per checkpoint [N, d] unit vectors; val: per checkpoint [M, d] unit vectors;
-    weights: [C]; subtasks: [M] labels. Returns (scores [N], per-subtask scores [N, S]) where
-    per_subtask[n, s] = mean over items m of subtask s of sum_c w_c <train_c[n], val_c[m]>,
-    and scores[n] = max_s per_subtask[n, s].
+    train: per checkpoint [N, d] unit vectors; val: per checkpoint [M, d] unit vectors, or None
+    where `train` already holds [N, M] cosines (exact scoring); weights: [C]; subtasks: [M].
+    The similarity of example n and item m is sum_c w_c <train_c[n], val_c[m]>; see `aggregate`.
     """
     if not (len(train) == len(val) == len(weights)):
         raise ValueError("train, val and weights must have one entry per checkpoint")
-    _, index = subtask_index(subtasks)
-    n_subtasks = int(index.max()) + 1
-    member = np.zeros((len(subtasks), n_subtasks))  # [M, S] averaging matrix
-    member[np.arange(len(subtasks)), index] = 1
-    member /= member.sum(axis=0, keepdims=True)
     n = train[0].shape[0]
-    per_subtask = np.zeros((n, n_subtasks))
+    sims = np.zeros((n, len(subtasks)))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        sims = sum(w * (np.asarray(t[start:stop], np.float64) @ np.asarray(v, np.float64).T) for w, t, v in zip(weights, train, val))
-        per_subtask[start:stop] = sims @ member
-    return per_subtask.max(axis=1), per_subtask
+        for w, t, v in zip(weights, train, val):
+            block = np.asarray(t[start:stop], np.float64)
+            sims[start:stop] += w * (block if v is None else block @ np.asarray(v, np.float64).T)
+    return aggregate(sims, subtasks)

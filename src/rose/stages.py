@@ -1,234 +1,41 @@
-"""The ROSE stages. Each reads files from the run directory, writes its own folder, and is skipped
-when its manifest is complete for the same key (config section + inputs + upstream keys).
-
-run_dir/
-  warmup/epoch-K/{adapter/, optimizer.safetensors, state.json}   LoRA warm-up checkpoints
-  grads/train/epoch-K/shard-*.npy                                 [N, d] Adam-direction projections
-  grads/val/epoch-K/grads.npy, grads/val/reference_logps.npy      [M, d] DPO gradient projections
-  scores/{scores.npy, per_subtask.npy, scores.json}               influence
-  selection/{selected.jsonl, selection.json}                      top share of the pool
-  finetune/epoch-K/adapter/                                       LoRA fine-tuned on the selection
-  eval/metrics.json                                               held-out accuracy, margin, NLL
+"""The stages. Each reads files from the run directory, writes its own folder, and is skipped when
+its manifest is complete for the same key (see `context.Run.keys`); `context.FOLDERS` names them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import asdict, replace
-from functools import cached_property
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 import torch
-from peft import PeftModel
 from tqdm.auto import tqdm
 
-from .config import PreferenceSource, RunConfig, expand_globs
-from .distributed import Dist
-from .encoding import Encoded, encode_example, encode_pair, encode_test
-from .errors import InputError, RunDirError
-from .evaluate import golden_nll, preference_accuracy
-from .formats import Example, PreferencePair, read_pool, read_preferences, read_test_prompts
+from .baselines import bm25_similarities, embedding_similarities, random_scores
+from .config import GRADIENT_METHODS
+from .context import Run, sample_indices
+from .evaluate import dpo_loss, golden_nll, preference_metrics
+from .formats import write_jsonl
 from .grads import engine
 from .grads.project import Projector, make_projector
 from .grads.transform import ExactCosines, ProjectedFeatures
-from .models import add_lora, load_adapter_weights, load_model, load_tokenizer, lora_parameters, set_adapter_dtype
-from .score import checkpoint_weights, influence
+from .score import aggregate, checkpoint_weights, influence
 from .selection import top_fraction, write_selection
-from .store import StageDir, file_digest, fingerprint, load_shards, read_json, save_array, shard_name, shard_ranges, write_json
-from .train import Checkpoint, train_lora
+from .store import load_shards, read_json, save_array, shard_name, shard_ranges, write_json
+from .train import train_lora
 
 log = logging.getLogger("rose")
 
-
-def _sample(n: int, k: int | None, seed: int) -> list[int]:
-    """A seeded random subset of range(n), kept in pool order (all of it when k is None or >= n)."""
-    if k is None or k >= n:
-        return list(range(n))
-    return sorted(np.random.default_rng(seed).choice(n, size=k, replace=False).tolist())
-
-
-def _prompt_key(prompt: tuple) -> str:
-    return json.dumps(prompt, sort_keys=True)
-
-
-class Run:
-    """What the stages of one process share: config, folders, and lazily loaded data and model."""
-
-    def __init__(self, config: RunConfig, dist: Dist | None = None) -> None:
-        self.config = config
-        self.dir = Path(config.run_dir)
-        self.dist = dist or Dist()
-        self.device = self.dist.device(config.model.device)
-
-    # --------------------------------------------------------------------------- inputs
-
-    @cached_property
-    def tokenizer(self):
-        return load_tokenizer(self.config.model)
-
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    @cached_property
-    def pool_files(self) -> list[str]:
-        files = expand_globs(self.config.data.pool)
-        if not files:
-            raise InputError("data.pool", "no pool files configured", field="data.pool")
-        return files
-
-    def _fit(self, items: list, encode_one, what: str) -> tuple[list, list]:
-        """Encode items; one whose prompt exceeds max_length is an error, or dropped (model.overlong=skip)."""
-        kept, encoded = [], []
-        for item in tqdm(items, desc=f"tokenise {what}", unit="ex", disable=not self.dist.is_main or len(items) < 2000):
-            try:
-                encoded.append(encode_one(self.tokenizer, item, self.config.model.max_length))
-                kept.append(item)
-            except InputError:
-                if self.config.model.overlong != "skip":
-                    raise
-        if len(kept) < len(items):
-            log.warning("skipped %d %s items whose prompt exceeds model.max_length=%d", len(items) - len(kept), what, self.config.model.max_length)
-        return kept, encoded
-
-    @cached_property
-    def _pool(self) -> tuple[list[Example], list[Encoded]]:
-        rows = read_pool(self.pool_files)
-        rows = [rows[i] for i in _sample(len(rows), self.config.data.pool_limit, self.config.seed)]
-        examples, encoded = self._fit(rows, encode_example, "pool")
-        if not examples:
-            raise InputError(", ".join(self.pool_files), "the pool is empty")
-        return examples, encoded
-
-    @property
-    def pool(self) -> list[Example]:
-        return self._pool[0]
-
-    @property
-    def pool_encoded(self) -> list[Encoded]:
-        return self._pool[1]
-
-    def preferences(self, source: PreferenceSource, seed_offset: int) -> list[PreferencePair]:
-        files = expand_globs(source.paths)
-        if not files:
-            raise InputError("data", "no preference files configured", field="paths")
-        pairs = read_preferences(files, source.format, source.pairs, source.subtasks, self.config.data.empty_responses)
-        return [pairs[i] for i in _sample(len(pairs), source.limit, self.config.seed + seed_offset)]
-
-    @cached_property
-    def validation_set(self) -> tuple[list[PreferencePair], list[tuple[Encoded, Encoded]]]:
-        pairs, encoded = self._fit(self.preferences(self.config.data.validation, 1), encode_pair, "validation")
-        if not pairs:
-            raise InputError(", ".join(self.config.data.validation.paths), "no usable validation pairs")
-        return pairs, encoded
-
-    @property
-    def validation(self) -> list[PreferencePair]:
-        return self.validation_set[0]
-
-    @cached_property
-    def heldout(self) -> tuple[list[PreferencePair], list[tuple[Encoded, Encoded]]]:
-        """(pairs, encodings) of the held-out preference set; empty when none is configured."""
-        cfg = self.config.data
-        if not cfg.heldout.paths:
-            return [], []
-        pairs = self.preferences(replace(cfg.heldout, limit=None), 2)
-        if cfg.heldout_exclude_validation:
-            seen = {_prompt_key(p.prompt) for p in self.validation}
-            pairs = [p for p in pairs if _prompt_key(p.prompt) not in seen]
-        return self._fit([pairs[i] for i in _sample(len(pairs), cfg.heldout.limit, self.config.seed + 2)], encode_pair, "held-out")
-
-    @cached_property
-    def tests(self) -> tuple[list, list[Encoded]]:
-        """(test prompts, encodings of prompt + golden answer)."""
-        cfg = self.config.data
-        items = read_test_prompts(expand_globs(cfg.test), cfg.empty_responses) if cfg.test else []
-        return self._fit([items[i] for i in _sample(len(items), cfg.test_limit, self.config.seed + 3)], encode_test, "test")
-
-    # --------------------------------------------------------------------------- model
-
-    @cached_property
-    def model(self) -> PeftModel:
-        """The base model with (freshly initialised) LoRA adapters; stages load weights into it."""
-        torch.manual_seed(self.config.seed)
-        return add_lora(load_model(self.config.model, self.device), self.config.lora)
-
-    def fresh_adapters(self) -> PeftModel:
-        """Re-initialise the adapters (seeded), for a training run that starts from the base model."""
-        torch.manual_seed(self.config.seed)
-        set_adapter_dtype(self.model, torch.float32)
-        for module in self.model.modules():
-            if hasattr(module, "reset_lora_parameters"):
-                module.reset_lora_parameters("default", True)
-        return self.model
-
-    @cached_property
-    def param_names(self) -> list[str]:
-        return list(lora_parameters(self.model))
-
-    @cached_property
-    def segments(self) -> list[int]:
-        """Sizes of the LoRA weight matrices, in order: the segments of the gradient space."""
-        return [p.numel() for p in lora_parameters(self.model).values()]
-
-    def load_adapter(self, adapter: Path) -> None:
-        """Load saved adapter weights for inference or gradients (in the base model's dtype)."""
-        load_adapter_weights(self.model, adapter)
-        set_adapter_dtype(self.model, self.model.get_base_model().dtype)
-        self.model.eval()
-
-    # --------------------------------------------------------------------------- keys
-
-    def _files_digest(self, files: list[str]) -> list[tuple[str, str]]:
-        return [(Path(f).name, file_digest(f)) for f in files if Path(f).is_file()]
-
-    @cached_property
-    def keys(self) -> dict[str, str]:
-        c = self.config
-        model = {k: v for k, v in asdict(c.model).items() if k != "device"}  # a run may move between devices
-        data = fingerprint([self._files_digest(self.pool_files), c.data.pool_limit, c.seed, model])
-        warm = fingerprint([data, asdict(c.lora), asdict(c.warmup)])
-        proj = {k: v for k, v in asdict(c.gradients).items() if k not in ("batch_tokens", "dpo_beta")}
-        val = fingerprint([warm, proj, c.gradients.dpo_beta, c.select.method, asdict(c.data.validation),
-                           self._files_digest(expand_globs(c.data.validation.paths)), c.data.empty_responses])
-        train = fingerprint([warm, proj, val if c.gradients.projection == "none" else None])
-        score = fingerprint([train, val, c.select.method])
-        select = fingerprint([score, c.select.fraction])
-        tune = fingerprint([select, asdict(c.finetune)])
-        evaluate = fingerprint([tune, asdict(c.data.heldout), c.data.heldout_exclude_validation, c.data.test, c.data.test_limit,
-                                c.data.empty_responses])
-        return {"warmup": warm, "train-grads": train, "val-grads": val, "score": score, "select": select,
-                "finetune": tune, "evaluate": evaluate}
-
-    def stage(self, name: str, folder: str) -> StageDir:
-        return StageDir(self.dir / folder, name, self.keys[name])
-
-    def require(self, name: str, folder: str) -> StageDir:
-        sd = self.stage(name, folder)
-        if not sd.is_done():
-            raise RunDirError(f"stage '{name}' has not finished in {sd.path}; run `rose {name}` (or `rose run`) first")
-        return sd
-
-    def checkpoints(self) -> list[Checkpoint]:
-        sd = self.require("warmup", "warmup")
-        return [Checkpoint(sd.path / name) for name in sd.manifest()["checkpoints"]]
-
-
-# ------------------------------------------------------------------------------- stages
-
-
 def warmup(run: Run) -> None:
     """LoRA-train the base model on a random share of the pool; keep every epoch's checkpoint."""
-    sd = run.stage("warmup", "warmup")
+    sd = run.stage("warmup")
     if sd.is_done():
         return
     cfg = run.config
     n = len(run.pool)
-    subset = _sample(n, max(1, math.ceil(cfg.warmup.fraction * n)), cfg.seed + 10)
+    subset = sample_indices(n, max(1, math.ceil(cfg.warmup.fraction * n)), cfg.seed + 10)
     if run.dist.is_main:
         sd.begin()
     run.dist.barrier()
@@ -248,7 +55,7 @@ def _projector(run: Run) -> Projector:
 
 
 def _reference_logps(run: Run) -> torch.Tensor:
-    return torch.from_numpy(np.load(run.require("val-grads", "grads/val").path / "reference_logps.npy"))
+    return torch.from_numpy(np.load(run.require("val-grads").path / "reference_logps.npy"))
 
 
 def validation_grads(run: Run, sink, reference: torch.Tensor) -> torch.Tensor:
@@ -281,7 +88,7 @@ class _RawGradients:
 
 def val_grads(run: Run) -> None:
     """Validation gradients at every checkpoint, projected and normalised (plus base-model log-probs)."""
-    sd = run.stage("val-grads", "grads/val")
+    sd = run.stage("val-grads")
     if sd.is_done() or not run.dist.is_main:
         run.dist.barrier()
         return
@@ -312,7 +119,7 @@ def train_grads(run: Run) -> None:
     [N, M] with the full validation gradients. Written in shards, each rank taking every world-th
     shard; finished shards are kept, so a killed run resumes where it stopped.
     """
-    sd = run.stage("train-grads", "grads/train")
+    sd = run.stage("train-grads")
     if sd.is_done():
         return
     cfg = run.config.gradients
@@ -356,13 +163,13 @@ def train_grads(run: Run) -> None:
 
 def gradient_scores(run: Run) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     """(scores [N], per-subtask [N, S], subtask names, checkpoint weights) from the gradient stages."""
-    train_sd, val_sd = run.require("train-grads", "grads/train"), run.require("val-grads", "grads/val")
+    train_sd, val_sd = run.require("train-grads"), run.require("val-grads")
     tm, vm = train_sd.manifest(), val_sd.manifest()
     ckpts = run.checkpoints()
     weights = checkpoint_weights([c.mean_lr() for c in ckpts])
     train = [load_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in ckpts]
     if tm["exact"]:  # the shards already hold cosines with each validation item
-        val = [np.eye(len(vm["subtasks"]), dtype=np.float32)] * len(ckpts)
+        val = [None] * len(ckpts)
     else:
         val = [np.load(val_sd.path / c.path.name / "grads.npy") for c in ckpts]
     scores, per_subtask = influence(train, val, weights, vm["subtasks"])
@@ -370,43 +177,62 @@ def gradient_scores(run: Run) -> tuple[np.ndarray, np.ndarray, list[str], np.nda
 
 
 def score(run: Run) -> None:
-    """Influence of every pool example on the target: lr-weighted cosine, shots mean, subtask max."""
-    sd = run.stage("score", "scores")
+    """Score every pool example: influence for ROSE and LESS, or a baseline's similarity."""
+    sd = run.stage("score")
     if sd.is_done() or not run.dist.is_main:
         run.dist.barrier()
         return
     sd.begin()
-    scores, per_subtask, subtasks, weights = gradient_scores(run)
+    started = time.perf_counter()
+    method, cfg = run.config.select.method, run.config
+    weights = None
+    if method in GRADIENT_METHODS:
+        scores, per_subtask, subtasks, weights = gradient_scores(run)
+    elif method in ("random", "full"):
+        scores = random_scores(len(run.pool), cfg.select.seed)
+        per_subtask, subtasks = scores[:, None], ["all"]
+    else:
+        pairs, encoded = run.validation_set
+        subtasks = list(dict.fromkeys(p.subtask for p in pairs))
+        if method == "bm25":
+            sims = bm25_similarities(run.pool, pairs)
+        else:
+            sims = embedding_similarities(run.model, run.pool_encoded, [c for c, _ in encoded], run.pad_id,
+                                          cfg.gradients.batch_tokens, run.device)
+        scores, per_subtask = aggregate(sims, [p.subtask for p in pairs])
     save_array(sd.path / "scores.npy", scores)
     save_array(sd.path / "per_subtask.npy", per_subtask)
-    write_json(sd.path / "scores.json", {"ids": [e.id for e in run.pool], "subtasks": subtasks, "checkpoint_weights": weights.tolist()})
-    sd.finish(n=len(scores))
+    write_json(sd.path / "scores.json", {"method": method, "ids": [e.id for e in run.pool], "subtasks": subtasks,
+                                         "checkpoint_weights": None if weights is None else weights.tolist()})
+    sd.finish(n=len(scores), seconds=time.perf_counter() - started)
     run.dist.barrier()
 
 
 def select(run: Run) -> None:
-    """Write the top share of the pool by influence score."""
-    sd = run.stage("select", "selection")
+    """Write the top share of the pool by score (all of it for the full-pool baseline)."""
+    sd = run.stage("select")
     if sd.is_done() or not run.dist.is_main:
         run.dist.barrier()
         return
-    scores_sd = run.require("score", "scores")
+    scores_sd = run.require("score")
     sd.begin()
     scores = np.load(scores_sd.path / "scores.npy")
-    info = write_selection(sd.path, run.pool, top_fraction(scores, run.config.select.fraction), scores, "rose")
+    method = run.config.select.method
+    fraction = 1.0 if method == "full" else run.config.select.fraction
+    info = write_selection(sd.path, run.pool, top_fraction(scores, fraction), scores, method)
     sd.finish(n_selected=info["n_selected"], sources=info["sources"])
     run.dist.barrier()
 
 
 def selected_indices(run: Run) -> list[int]:
-    sd = run.require("select", "selection")
+    sd = run.require("select")
     index = {e.id: i for i, e in enumerate(run.pool)}
     return [index[row["id"]] for row in read_json(sd.path / "selection.json")["selected"]]
 
 
 def finetune(run: Run) -> None:
     """LoRA-train the base model on the selection (the model whose quality the selection is judged by)."""
-    sd = run.stage("finetune", "finetune")
+    sd = run.stage("finetune")
     if sd.is_done():
         return
     chosen = selected_indices(run)
@@ -421,29 +247,81 @@ def finetune(run: Run) -> None:
     run.dist.barrier()
 
 
-def evaluate(run: Run) -> None:
-    """Held-out preference accuracy and reward margin, and golden-answer NLL, of the fine-tuned adapter."""
-    sd = run.stage("evaluate", "eval")
+def reference(run: Run) -> None:
+    """Base-model log-probs (adapters off) of everything evaluation compares against, computed once."""
+    sd = run.stage("reference")
     if sd.is_done() or not run.dist.is_main:
         run.dist.barrier()
         return
-    tune = run.require("finetune", "finetune")
     sd.begin()
-    run.load_adapter(tune.path / tune.manifest()["adapter"])
-    budget = run.config.gradients.batch_tokens
-    metrics: dict = {}
-    pairs, encoded = run.heldout
-    if pairs:
-        metrics.update(asdict(preference_accuracy(run.model, encoded, [p.subtask for p in pairs], run.pad_id, budget, run.device)))
-    tests, encoded = run.tests
-    if tests:
-        subtasks = [t.subtask for t in tests]
-        metrics.update(asdict(golden_nll(run.model, encoded, subtasks, run.pad_id, budget, run.device)))
-        with run.model.disable_adapter():
-            metrics["base_golden_nll"] = golden_nll(run.model, encoded, subtasks, run.pad_id, budget, run.device).golden_nll
-    write_json(sd.path / "metrics.json", metrics)
-    sd.finish(**{k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    started = time.perf_counter()
+    with run.model.disable_adapter():
+        for name, (logps, counts) in _evaluation_logprobs(run).items():
+            save_array(sd.path / f"{name}_logps.npy", logps)
+            save_array(sd.path / f"{name}_counts.npy", counts)
+    sd.finish(seconds=time.perf_counter() - started)
     run.dist.barrier()
+
+
+def _evaluation_logprobs(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Summed response log-probs and token counts of the model as it is: held-out and validation
+    pairs ([P, 2], chosen then rejected) and golden test answers ([T])."""
+    budget, out = run.config.gradients.batch_tokens, {}
+    sets = {"heldout": run.heldout[1], "validation": run.validation_set[1]}
+    for name, pairs in sets.items():
+        if pairs:
+            logps, counts = engine.sequence_logprobs(run.model, [s for p in pairs for s in p], run.pad_id, budget, run.device)
+            out[name] = (logps.view(-1, 2).double().numpy(), counts.view(-1, 2).numpy())
+    if run.tests[1]:
+        logps, counts = engine.sequence_logprobs(run.model, run.tests[1], run.pad_id, budget, run.device)
+        out["test"] = (logps.double().numpy(), counts.numpy())
+    return out
+
+
+def evaluate(run: Run) -> None:
+    """Held-out preference accuracy, reward margin, length-normalised preference, validation DPO
+    loss and golden-answer NLL of the fine-tuned adapter (and the judge's win rate, if enabled)."""
+    sd = run.stage("evaluate")
+    if sd.is_done() or not run.dist.is_main:
+        run.dist.barrier()
+        return
+    tune, ref = run.require("finetune"), run.require("reference")
+    sd.begin()
+    started = time.perf_counter()
+    run.load_adapter(tune.path / tune.manifest()["adapter"])
+    base = {name: np.load(ref.path / f"{name}_logps.npy") for name in ("heldout", "validation", "test")
+            if (ref.path / f"{name}_logps.npy").is_file()}
+    metrics: dict = {}
+    for name, (logps, counts) in _evaluation_logprobs(run).items():
+        if name == "heldout":
+            metrics.update(asdict(preference_metrics(logps, base[name], counts, [p.subtask for p in run.heldout[0]])))
+        elif name == "validation":
+            metrics["val_dpo_loss"] = dpo_loss(logps, base[name], run.config.gradients.dpo_beta)
+        else:
+            subtasks = [t.subtask for t in run.tests[0]]
+            metrics.update(asdict(golden_nll(logps, counts, subtasks)))
+            metrics["base_golden_nll"] = golden_nll(base[name], counts, subtasks).golden_nll
+    if run.config.eval.judge.enabled:
+        metrics.update(_judge(run))
+    write_json(sd.path / "metrics.json", metrics)
+    sd.finish(seconds=time.perf_counter() - started, **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    run.dist.barrier()
+
+
+def _judge(run: Run) -> dict:
+    """LLM-judge win rate of the fine-tuned model's answers against the golden answers."""
+    from .judge import generate_answers, make_client, question_text, win_rate
+
+    settings = run.config.eval.judge
+    tests = run.tests[0]
+    tests = [tests[i] for i in sample_indices(len(tests), settings.max_prompts, run.config.seed + 4)]
+    client = make_client(settings)  # fails early, before generating, when no key is set
+    answers = generate_answers(run.model, run.tokenizer, [t.prompt for t in tests], settings.max_new_tokens, run.device,
+                               run.config.eval.batch_size)
+    write_jsonl(run.stage("evaluate").path / "judge_answers.jsonl",
+                [{"id": t.id, "answer": a, "golden": t.golden} for t, a in zip(tests, answers)])
+    result = win_rate(client, settings.model, [(question_text(t.prompt), a, t.golden) for t, a in zip(tests, answers)])
+    return {f"judge_{k}": v for k, v in asdict(result).items()}
 
 
 STAGES = {
@@ -452,6 +330,7 @@ STAGES = {
     "train-grads": train_grads,
     "score": score,
     "select": select,
+    "reference": reference,
     "finetune": finetune,
     "evaluate": evaluate,
 }

@@ -1,0 +1,63 @@
+"""`rose compare` end to end on the tiny demo task: every method, the sweeps, shared stages, the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rose.cli import main
+from rose.demo import write_demo_data
+from test_pipeline import tiny_config
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    files = write_demo_data(root / "data", per_skill=6, shots=4, heldout=8, tests=4)
+    two_shots = root / "data" / "val2.jsonl"
+    two_shots.write_text("".join(files["validation"].read_text().splitlines(keepends=True)[:2]))
+    config = tiny_config(root / "run", files)
+    config_file = root / "compare.yaml"
+    body = json.loads(json.dumps(__import__("dataclasses").asdict(config)))
+    body["compare"] = {"methods": ["rose", "less", "random", "bm25", "embedding", "full"], "random_seeds": [0, 1],
+                       "budgets": [0.125, 0.25], "budget_methods": ["rose", "random"],
+                       "shots": {"2": [str(two_shots)], "4": [str(files["validation"])]}, "shot_methods": ["rose"],
+                       "results_json": str(root / "results" / "demo.json")}
+    config_file.write_text(json.dumps(body))  # JSON is YAML
+    assert main(["compare", str(config_file)]) == 0
+    return root
+
+
+def test_every_variant_is_evaluated_and_reported(compared):
+    results = json.loads((compared / "run/compare/results.json").read_text())
+    main_methods = sorted(r["method"] for r in results.values() if r["group"] == "main")
+    assert main_methods == ["bm25", "embedding", "full", "less", "random", "random", "rose"]
+    assert {r["fraction"] for r in results.values() if r["group"] == "budget"} == {0.25}  # 0.125 is the main budget
+    assert sorted(r["shots"] for r in results.values() if r["group"] == "shots") == ["2", "4"]
+    n_pool = 48
+    for name, r in results.items():
+        assert 0 <= r["heldout_pref_acc"] <= 1 and r["val_dpo_loss"] > 0 and r["golden_nll"] > 0, name
+        assert r["n_selected"] == (n_pool if r["method"] == "full" else round(r["fraction"] * n_pool))
+    report = (compared / "run/compare/report.md").read_text()
+    assert "| random | 6 |" in report and "±" in report  # two random seeds give a spread
+    for image in ("accuracy.png", "budget.png", "shots.png", "dpo_vs_acc.png"):
+        assert (compared / "run/compare" / image).stat().st_size > 1000
+    summary = json.loads((compared / "results/demo.json").read_text())["methods"]
+    assert {"heldout_pref_acc", "reward_margin", "golden_nll", "n_selected"} <= set(summary["rose"])
+    assert "heldout_pref_acc_std" in summary["random"]
+
+
+def test_stages_are_shared_by_key_and_a_rerun_does_nothing(compared):
+    run = compared / "run"
+    warmups = list((run / "cache").glob("warmup-*"))
+    assert len(warmups) == 1  # ROSE, LESS, the budget and the shot variants share one warm-up
+    assert len(list((run / "cache").glob("train-grads-*"))) == 1
+    assert len(list((run / "cache").glob("reference-*"))) == 2  # one per validation set (validation DPO loss)
+    rose = run / "variants/rose-p0.125"
+    assert (rose / "warmup").is_symlink() and (run / "variants/less-p0.125/warmup").resolve() == (rose / "warmup").resolve()
+    # the 4-shot sweep point uses the main validation set: same keys, so it reused the main ROSE folders
+    assert (run / "variants/rose-p0.125-4shot/eval").resolve() == (rose / "eval").resolve()
+    before = (run / "compare/results.json").stat().st_mtime_ns
+    assert main(["compare", str(compared / "compare.yaml")]) == 0
+    assert (run / "compare/results.json").stat().st_mtime_ns == before
