@@ -208,9 +208,6 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
     results["floor_fraction"] = modes["engine_sparse"]["floor_fraction"]
     results["peak_memory_gb"] = modes["engine_sparse"]["peak_memory_gb"]
     results["fastest_engine_mode"] = best
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return results
 
 
@@ -250,6 +247,8 @@ def main() -> None:
               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "lengths")}, "models": {}}
     for arch in args.archs:
         report["models"][arch] = run_arch(arch, args, lengths, device, dtype, tflops)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the model went with run_arch's frame
     head = report["models"][args.archs[0]]
     for key in ("baseline_examples_per_s", "engine_examples_per_s", "speedup", "floor_fraction", "peak_memory_gb"):
         report[key] = head[key]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rose.config import LoraSettings, ModelConfig
-from rose.demo import write_demo_data
+from rose.config import LoraSettings, ModelConfig, load_config
+from rose.demo import demo_config, write_demo_data
 from rose.models import add_lora, load_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,3 +58,27 @@ def lora_model(dtype: str = "float32", r: int = 4, seed: int = 0):
 @pytest.fixture(scope="session")
 def demo_files(tmp_path_factory) -> dict[str, Path]:
     return write_demo_data(tmp_path_factory.mktemp("demo"), per_skill=6, shots=4, heldout=8, tests=4)
+
+
+FOLDERS = ["warmup", "grads/val", "grads/train", "scores", "selection", "reference", "finetune", "eval"]
+
+
+def tiny_config(run_dir, files, **overrides):
+    """The demo recipe shrunk for tests: rank 4, 2 warm-up epochs, 2048 projected dims, 1/8 selected."""
+    base = demo_config(run_dir, files)
+    base["lora"] = {"r": 4, "alpha": 16, "dropout": 0.0}
+    base["warmup"].update(fraction=0.1, epochs=2)
+    base["finetune"].update(epochs=1)
+    base["gradients"].update(dim=2048, shard_size=16)
+    base["select"]["fraction"] = 0.125
+    return load_config(None, [f"{k}={v}" for k, v in overrides.items()], base=base)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, demo_files):
+    """A complete tiny pipeline run: (run_dir, config, run)."""
+    from rose.pipeline import run_stages
+
+    run_dir = tmp_path_factory.mktemp("run")
+    config = tiny_config(run_dir, demo_files)
+    return run_dir, config, run_stages(config)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_config
 
 from rose.cli import main
 from rose.demo import write_demo_data
-from test_pipeline import tiny_config
 
 
 @pytest.fixture(scope="module")

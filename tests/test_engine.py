@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lora_model
 
 from rose.encoding import encode
 from rose.formats import Origin
 from rose.grads import engine, reference
 from rose.models import lora_parameters
-from conftest import lora_model
 
 QUESTIONS = [
     ("What is 2 plus 2?", "4."),

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import lora_model
 
 from rose.encoding import collate, encode
 from rose.evaluate import dpo_loss, golden_nll, preference_metrics
 from rose.formats import Origin
 from rose.grads.engine import sequence_logprobs
-from conftest import lora_model
 
 
 def test_preference_metrics_from_known_log_probs():

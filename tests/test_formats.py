@@ -6,10 +6,10 @@ import gzip
 import json
 
 import pytest
+from conftest import needs_data
 
 from rose.errors import InputError
-from rose.formats import parse_transcript, read_pool, read_preferences, read_test_prompts, Origin
-from conftest import needs_data
+from rose.formats import Origin, parse_transcript, read_pool, read_preferences, read_test_prompts
 
 
 def _jsonl(path, rows):

@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from conftest import lora_model
 
 from rose.config import JudgeSettings
 from rose.errors import ConfigError
 from rose.judge import generate_answers, judge_pair, make_client, question_text, win_rate
-from conftest import lora_model
 
 KEY_ENV = "ROSE_TEST_JUDGE_KEY"
 ANSWERS = re.compile(r"\[Answer A\]\n(.*)\n\n\[Answer B\]\n(.*)\n\n\[Verdict", re.DOTALL)

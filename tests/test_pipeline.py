@@ -8,33 +8,13 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FOLDERS, tiny_config
 
-from rose.config import load_config
-from rose.demo import PLANTED, demo_config, planted_precision
+from rose.demo import PLANTED, planted_precision
 from rose.errors import RunDirError
 from rose.pipeline import run_stages
 from rose.stages import STAGES
 from rose.store import MANIFEST, read_json
-
-FOLDERS = ["warmup", "grads/val", "grads/train", "scores", "selection", "reference", "finetune", "eval"]
-
-
-def tiny_config(run_dir, files, **overrides):
-    base = demo_config(run_dir, files)
-    base["lora"] = {"r": 4, "alpha": 16, "dropout": 0.0}
-    base["warmup"].update(fraction=0.1, epochs=2)
-    base["finetune"].update(epochs=1)
-    base["gradients"].update(dim=2048, shard_size=16)
-    base["select"]["fraction"] = 0.125
-    return load_config(None, [f"{k}={v}" for k, v in overrides.items()], base=base)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, demo_files):
-    run_dir = tmp_path_factory.mktemp("run")
-    config = tiny_config(run_dir, demo_files)
-    run = run_stages(config)
-    return run_dir, config, run
 
 
 def test_every_stage_writes_complete_outputs(finished_run):

@@ -15,7 +15,7 @@ from rose.models import add_lora, load_model, lora_parameters
 from rose.store import load_tensors
 from rose.train import Checkpoint, lr_at, train_lora
 
-SETTINGS = TrainSettings(epochs=2, lr=1e-3, batch_size=2, micro_batch_size=1, warmup_ratio=0.25)
+SETTINGS = TrainSettings(epochs=2, lr=1e-3, batch_size=2, micro_batch_tokens=64, warmup_ratio=0.25)
 
 
 def _train(tokenizer, examples, out, seed=0):

@@ -95,11 +95,12 @@ def run_compare(config: RunConfig, on_result=None) -> dict[str, dict]:
     results: dict[str, dict] = read_json(results_file) if results_file.is_file() else {}
     todo = [v for v in variants(config) if v.name not in results]
     root.mkdir(parents=True, exist_ok=True)
+    cache = Path(config.compare.cache_dir) if config.compare.cache_dir else root / "cache"
     base = Run(config)
     record_config(base)
     for i, variant in enumerate(todo, 1):
         log.info("compare: variant %d/%d: %s", i, len(todo), variant.name)
-        results[variant.name], base = run_variant(variant, root / "cache", base)
+        results[variant.name], base = run_variant(variant, cache, base)
         write_json(results_file, results)
         if on_result is not None:
             on_result(results)

@@ -7,8 +7,8 @@ that file. Command-line overrides are `section.key=value`, the value parsed as Y
 from __future__ import annotations
 
 import dataclasses
-import os
 import glob
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -75,6 +75,8 @@ class DataConfig:
     validation: PreferenceSource = field(default_factory=PreferenceSource, metadata={"help": "Few-shot preference set of the target task."})
     heldout: PreferenceSource = field(default_factory=lambda: PreferenceSource(pairs="all"), metadata={"help": "Held-out preference pairs for evaluation."})
     heldout_exclude_validation: bool = _f(True, "Drop held-out pairs whose prompt is a validation prompt.")
+    heldout_exclude: list[str] = _f([], "Also drop held-out pairs whose prompt is in these preference files "
+                                        "(e.g. every shot set of a few-shot sweep, so all share one held-out set).", path=True)
     test: list[str] = _f([], "Test prompts with golden answers ({prompt, golden_answer}); globs allowed.", path=True)
     test_limit: int | None = _f(None, "Use at most this many test prompts (seeded random sample).")
     empty_responses: str = _f("error", "A preference pair or test answer with an empty response: error, or skip it.")
@@ -88,7 +90,8 @@ class TrainSettings:
     epochs: int = _f(4, "Passes over the training data.")
     lr: float = _f(2e-5, "Peak learning rate (linear warm-up, then linear decay).")
     batch_size: int = _f(16, "Examples per optimizer step (across all processes).")
-    micro_batch_size: int = _f(8, "Examples per forward/backward pass per process; gradients are accumulated.")
+    micro_batch_tokens: int = _f(4096, "Padded tokens per forward/backward pass per process (a step's examples are "
+                                       "grouped by length into such micro-batches; gradients are accumulated).")
     warmup_ratio: float = _f(0.03, "Share of steps spent warming up the learning rate.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     adam_betas: list[float] = _f([0.9, 0.999], "AdamW betas (also used for the Adam gradient direction).")
@@ -96,7 +99,7 @@ class TrainSettings:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "micro_batch_size"):
+        for name in ("epochs", "batch_size", "micro_batch_tokens"):
             _positive(name, getattr(self, name))
 
 
@@ -168,6 +171,8 @@ class CompareConfig:
     shot_methods: list[str] = _f(["rose", "less"], "Methods of the few-shot sweep (at select.fraction).")
     full_epochs: int = _f(1, "Fine-tuning epochs on the full pool (it is 1/fraction times larger than a selection).")
     results_json: str | None = _f(None, "Also write the main results here (e.g. docs/results/shp.json).", path=True)
+    cache_dir: str | None = _f(None, "Shared stage folders (default run_dir/cache); point several tasks at one to share "
+                                     "the warm-up and pool gradients.", path=True)
 
     def __post_init__(self) -> None:
         for m in [*self.methods, *self.budget_methods, *self.shot_methods]:

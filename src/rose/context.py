@@ -165,9 +165,10 @@ class Run:
         if not cfg.heldout.paths:
             return [], []
         pairs = self.preferences(replace(cfg.heldout, limit=None), 2)
-        if cfg.heldout_exclude_validation:
-            seen = {_prompt_key(p.prompt) for p in self.validation}
-            pairs = [p for p in pairs if _prompt_key(p.prompt) not in seen]
+        seen = {_prompt_key(p.prompt) for p in self.validation} if cfg.heldout_exclude_validation else set()
+        if cfg.heldout_exclude:
+            seen |= {_prompt_key(p.prompt) for p in read_preferences(expand_globs(cfg.heldout_exclude), "auto", "all", "none", "skip")}
+        pairs = [p for p in pairs if _prompt_key(p.prompt) not in seen]
         return self._fit([pairs[i] for i in sample_indices(len(pairs), cfg.heldout.limit, self.config.seed + 2)], encode_pair, "held-out")
 
     @cached_property
@@ -233,10 +234,12 @@ class Run:
             score = fingerprint([data, method, c.select.seed if method == "random" else None,
                                  validation if method in ("bm25", "embedding") else None])
         select = fingerprint([score, None if method == "full" else c.select.fraction])
-        reference = fingerprint([validation, asdict(c.data.heldout), c.data.heldout_exclude_validation, c.data.test,
-                                 self._files_digest(expand_globs(c.data.heldout.paths + c.data.test)), c.data.test_limit])
+        heldout = [asdict(c.data.heldout), c.data.test, c.data.test_limit, c.data.empty_responses, c.data.heldout_exclude_validation,
+                   self._files_digest(expand_globs(c.data.heldout.paths + c.data.test + c.data.heldout_exclude))]
+        # the held-out set depends on the validation prompts only when those are excluded from it
+        reference = fingerprint([data, heldout, validation if c.data.heldout_exclude_validation else None])
         tune = fingerprint([select, asdict(c.lora), asdict(c.finetune)])
-        evaluate = fingerprint([tune, reference, c.gradients.dpo_beta, asdict(c.eval.judge)])
+        evaluate = fingerprint([tune, reference, validation, c.gradients.dpo_beta, asdict(c.eval.judge)])
         return {"warmup": warm, "val-grads": val, "train-grads": train, "score": score, "select": select,
                 "reference": reference, "finetune": tune, "evaluate": evaluate}
 

@@ -121,10 +121,10 @@ def demo_config(run_dir: Path, files: dict[str, Path]) -> dict:
             "heldout": {"paths": [str(files["heldout"])], "format": "trl", "subtasks": "none"},
             "test": [str(files["test"])],
         },
-        "warmup": {"fraction": 0.05, "epochs": 4, "lr": 3e-4, "batch_size": 4, "micro_batch_size": 4},
+        "warmup": {"fraction": 0.05, "epochs": 4, "lr": 3e-4, "batch_size": 4, "micro_batch_tokens": 1024},
         "gradients": {"batch_tokens": 2048},
         "select": {"fraction": 0.05},
-        "finetune": {"epochs": 4, "lr": 3e-4, "batch_size": 4, "micro_batch_size": 4},
+        "finetune": {"epochs": 4, "lr": 3e-4, "batch_size": 4, "micro_batch_tokens": 1024},
     }
 
 

@@ -11,8 +11,8 @@ import yaml
 
 from . import __version__
 from .config import RunConfig, to_dict
-from .distributed import Dist
 from .context import FOLDERS, Run, stages_for
+from .distributed import Dist
 from .report import render_report
 from .stages import STAGES
 from .store import MANIFEST, atomic_write_text, read_json, write_json
@@ -34,6 +34,27 @@ def record_config(run: Run) -> None:
     atomic_write_text(run.dir / "config.yaml", yaml.safe_dump(body, sort_keys=False))
 
 
+def preflight(run: Run, stages: Sequence[str]) -> None:
+    """Read and check every input the stages need, then check the run directory, before writing anything.
+
+    A malformed file or a folder written by another config stops the run here, so nothing is left
+    half-written and an hour of warm-up is not spent before a broken held-out file is noticed.
+    """
+    wanted = set(stages)
+    # reading a lazy property of the Run loads, parses and checks that input
+    if wanted & {"warmup", "train-grads", "score", "select", "finetune"}:
+        run.pool
+    if wanted & {"val-grads", "train-grads", "score", "reference", "evaluate"} and (
+            run.config.select.method not in ("random", "full") or wanted & {"reference", "evaluate"}):
+        run.validation_set
+    if wanted & {"reference", "evaluate"}:
+        run.heldout, run.tests
+    if wanted - {"score", "select"} or run.config.select.method == "embedding":
+        run.model
+    for name in stages:
+        run.stage(name).is_done()  # raises if another config wrote this stage's folder
+
+
 def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist | None = None, base: Run | None = None) -> Run:
     """Run the named stages (default: all that the selection method needs) in pipeline order;
     completed stages are skipped. `base`: an earlier Run whose loaded model and data to reuse."""
@@ -42,6 +63,7 @@ def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist
     unknown = [n for n in wanted if n not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    preflight(run, wanted)
     if run.dist.is_main:
         run.dir.mkdir(parents=True, exist_ok=True)
         record_config(run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
 def table(rows: list[tuple[str, str]]) -> str:
     """A two-column text table for the terminal."""
     width = max(len(k) for k, _ in rows)
@@ -175,7 +176,7 @@ def render_compare(results: dict[str, dict], title: str, images: list[str], swee
         if any(r["group"] == group for r in results.values()):
             columns = sorted({k for v in sweep.values() for k in v}, key=float)
             lines += ["", f"## {'Data budget' if group == 'budget' else 'Validation shots'}: held-out accuracy", "",
-                      f"| method | " + " | ".join(map(str, columns)) + " |", "|---|" + "---:|" * len(columns)]
+                      "| method | " + " | ".join(map(str, columns)) + " |", "|---|" + "---:|" * len(columns)]
             for method, points in sweep.items():
                 lines.append(f"| {method} | " + " | ".join(f"{points[c]:.4f}" if c in points else "" for c in columns) + " |")
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from .train import train_lora
 
 log = logging.getLogger("rose")
 
+
 def warmup(run: Run) -> None:
     """LoRA-train the base model on a random share of the pool; keep every epoch's checkpoint."""
     sd = run.stage("warmup")
@@ -76,7 +77,7 @@ def validation_grads(run: Run, sink, reference: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class _RawGradients:
+class RawGradients:
     """A sink that keeps whole gradients ([B, D]), for exact scoring against a few targets."""
 
     def __init__(self, dim: int) -> None:
@@ -143,7 +144,7 @@ def train_grads(run: Run) -> None:
         run.load_adapter(ckpt.adapter)
         moments = ckpt.moments(run.param_names).to(run.device)
         if exact:
-            targets = validation_grads(run, _RawGradients(sum(run.segments)), reference).to(run.device)
+            targets = validation_grads(run, RawGradients(sum(run.segments)), reference).to(run.device)
             sink = ExactCosines(targets.split(run.segments, dim=1), moments)
         else:
             sink = ProjectedFeatures(projector, moments)
@@ -248,7 +249,7 @@ def finetune(run: Run) -> None:
 
 
 def reference(run: Run) -> None:
-    """Base-model log-probs (adapters off) of everything evaluation compares against, computed once."""
+    """Base-model log-probs (adapters off) of the held-out pairs and test answers, computed once."""
     sd = run.stage("reference")
     if sd.is_done() or not run.dist.is_main:
         run.dist.barrier()
@@ -256,25 +257,27 @@ def reference(run: Run) -> None:
     sd.begin()
     started = time.perf_counter()
     with run.model.disable_adapter():
-        for name, (logps, counts) in _evaluation_logprobs(run).items():
+        for name, (logps, counts) in _evaluation_logprobs(run, ("heldout", "test")).items():
             save_array(sd.path / f"{name}_logps.npy", logps)
             save_array(sd.path / f"{name}_counts.npy", counts)
     sd.finish(seconds=time.perf_counter() - started)
     run.dist.barrier()
 
 
-def _evaluation_logprobs(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _evaluation_logprobs(run: Run, sets: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Summed response log-probs and token counts of the model as it is: held-out and validation
     pairs ([P, 2], chosen then rejected) and golden test answers ([T])."""
     budget, out = run.config.gradients.batch_tokens, {}
-    sets = {"heldout": run.heldout[1], "validation": run.validation_set[1]}
-    for name, pairs in sets.items():
-        if pairs:
-            logps, counts = engine.sequence_logprobs(run.model, [s for p in pairs for s in p], run.pad_id, budget, run.device)
-            out[name] = (logps.view(-1, 2).double().numpy(), counts.view(-1, 2).numpy())
-    if run.tests[1]:
-        logps, counts = engine.sequence_logprobs(run.model, run.tests[1], run.pad_id, budget, run.device)
-        out["test"] = (logps.double().numpy(), counts.numpy())
+    encoded = {"heldout": run.heldout[1] if "heldout" in sets else [],
+               "validation": run.validation_set[1] if "validation" in sets else [],
+               "test": run.tests[1] if "test" in sets else []}
+    for name, items in encoded.items():
+        if not items:
+            continue
+        seqs = [s for pair in items for s in pair] if name != "test" else items
+        logps, counts = engine.sequence_logprobs(run.model, seqs, run.pad_id, budget, run.device)
+        shape = (-1, 2) if name != "test" else (-1,)
+        out[name] = (logps.view(*shape).double().numpy(), counts.view(*shape).numpy())
     return out
 
 
@@ -289,10 +292,11 @@ def evaluate(run: Run) -> None:
     sd.begin()
     started = time.perf_counter()
     run.load_adapter(tune.path / tune.manifest()["adapter"])
-    base = {name: np.load(ref.path / f"{name}_logps.npy") for name in ("heldout", "validation", "test")
-            if (ref.path / f"{name}_logps.npy").is_file()}
+    base = {name: np.load(ref.path / f"{name}_logps.npy") for name in ("heldout", "test") if (ref.path / f"{name}_logps.npy").is_file()}
+    with run.model.disable_adapter():
+        base["validation"] = _evaluation_logprobs(run, ("validation",))["validation"][0]
     metrics: dict = {}
-    for name, (logps, counts) in _evaluation_logprobs(run).items():
+    for name, (logps, counts) in _evaluation_logprobs(run, ("heldout", "validation", "test")).items():
         if name == "heldout":
             metrics.update(asdict(preference_metrics(logps, base[name], counts, [p.subtask for p in run.heldout[0]])))
         elif name == "validation":

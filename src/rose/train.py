@@ -9,8 +9,8 @@ each process takes its share of every batch.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainSettings
 from .distributed import Dist
-from .encoding import Encoded, collate
+from .encoding import Encoded, collate, token_batches
 from .grads.adam import AdamMoments
 from .grads.losses import response_logprobs, sft_losses
 from .models import lora_parameters
@@ -108,7 +108,8 @@ def train_lora(
                 group["lr"] = lr
             batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             mine = batch[dist_ctx.rank :: dist_ctx.world]
-            loss_sum = _accumulate(trainer, [examples[i] for i in mine], examples[batch[0]], cfg.micro_batch_size, len(batch) / dist_ctx.world, pad_id, device)
+            loss_sum = _accumulate(trainer, [examples[i] for i in mine], examples[batch[0]], cfg.micro_batch_tokens,
+                                   len(batch) / dist_ctx.world, pad_id, device)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
             optimizer.step()
@@ -125,7 +126,7 @@ def train_lora(
     return checkpoints if save_checkpoints else checkpoints[-1:]
 
 
-def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encoded, micro: int, scale: float,
+def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encoded, micro_tokens: int, scale: float,
                 pad_id: int, device: torch.device) -> float:
     """Backward over micro-batches; returns this process's summed loss (for logging).
 
@@ -134,7 +135,7 @@ def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encod
     still joins the all-reduce, through `filler` with its loss multiplied by zero.
     """
     total = 0.0
-    chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)] or [[]]
+    chunks = [[rows[i] for i in idx] for idx in token_batches([len(r) for r in rows], micro_tokens)] or [[]]
     for k, chunk in enumerate(chunks):
         sync = k == len(chunks) - 1
         with (trainer.no_sync() if hasattr(trainer, "no_sync") and not sync else nullcontext()):

@@ -1,0 +1,102 @@
+"""How much do random projections change the influence scores? Each option against exact cosines.
+
+On a seeded sample of the pool, every example's gradient at every warm-up checkpoint goes through
+each sink at once: exact cosines with the full validation gradients, and the sparse and dense
+projections at the given dimensions. Scores are aggregated exactly as ROSE does (lr-weighted over
+checkpoints, mean over shots, max over subtasks); each option's Spearman correlation with the exact
+scores and the overlap of its top 5% with the exact top 5% are reported.
+
+    python benchmarks/projection_fidelity.py configs/shp.yaml --sample 4000 --out docs/benchmarks/projection_fidelity.json
+(runs, or reuses, the warm-up and validation stages of that config first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rose.compare import link_cache
+from rose.config import load_config
+from rose.context import Run, sample_indices
+from rose.grads import engine
+from rose.grads.project import make_projector
+from rose.grads.transform import ExactCosines, ProjectedFeatures
+from rose.pipeline import run_stages
+from rose.score import aggregate, checkpoint_weights
+from rose.stages import RawGradients, validation_grads
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, share: float = 0.05) -> float:
+    k = max(1, round(share * len(a)))
+    return len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--sample", type=int, default=4000)
+    parser.add_argument("--dims", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--cache", help="Shared stage folder (as compare.cache_dir) to reuse a warm-up from.")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    run = Run(config)
+    if args.cache:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        link_cache(run, Path(args.cache))
+    run = run_stages(config, ["warmup", "val-grads"], base=run)
+    subtasks = [p.subtask for p in run.validation]
+    reference = torch.from_numpy(np.load(run.stage("val-grads").path / "reference_logps.npy"))
+    chosen = sample_indices(len(run.pool), args.sample, 123)
+    examples = [run.pool_encoded[i] for i in chosen]
+    ckpts = run.checkpoints()
+    weights = checkpoint_weights([c.mean_lr() for c in ckpts])
+    options = {f"{kind}-{dim}": (kind, dim) for dim in args.dims for kind in ("sparse", "dense")}
+    projectors = {name: make_projector(kind, run.segments, dim, config.gradients.seed) for name, (kind, dim) in options.items()}
+    sims = {name: np.zeros((len(examples), len(subtasks))) for name in ["exact", *options]}
+    seconds = dict.fromkeys(sims, 0.0)
+    for ckpt, weight in zip(ckpts, weights):
+        run.load_adapter(ckpt.adapter)
+        moments = ckpt.moments(run.param_names).to(run.device)
+        targets = validation_grads(run, RawGradients(sum(run.segments)), reference).to(run.device).split(run.segments, dim=1)
+        sinks = {"exact": ExactCosines(targets, moments)}
+        val_features = {}
+        for name, projector in projectors.items():
+            sinks[name] = ProjectedFeatures(projector, moments)
+            val_features[name] = ProjectedFeatures(projector)([t.float() for t in targets])
+        for idx, parts in engine.sft_grads(run.model, run.param_names, examples, run.pad_id, config.gradients.batch_tokens, run.device):
+            parts = list(parts)
+            for name, sink in sinks.items():
+                torch.cuda.synchronize() if run.device.type == "cuda" else None
+                start = time.perf_counter()
+                out = sink(iter(parts))
+                if name != "exact":
+                    out = out @ val_features[name].T
+                sims[name][idx] += weight * out.double().cpu().numpy()
+                seconds[name] += time.perf_counter() - start
+    exact, _ = aggregate(sims["exact"], subtasks)
+    report = {"config": args.config, "sample": len(examples), "checkpoints": len(ckpts), "validation_items": len(subtasks),
+              "lora_params": sum(run.segments), "device": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu",
+              "sink_seconds": seconds, "options": {}}
+    print(f"{'option':14s} {'spearman':>9s} {'top5% overlap':>14s} {'sink s':>8s}")
+    for name in options:
+        scores, _ = aggregate(sims[name], subtasks)
+        report["options"][name] = {"spearman": spearman(scores, exact), "top5_overlap": top_overlap(scores, exact)}
+        print(f"{name:14s} {report['options'][name]['spearman']:9.4f} {report['options'][name]['top5_overlap']:14.3f} {seconds[name]:8.1f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

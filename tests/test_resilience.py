@@ -1,0 +1,116 @@
+"""Resume after SIGKILL in the gradient stage; byte-identical selections; hostile input via the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from rose.cli import main
+from rose.models import resolve_model
+from rose.store import MANIFEST
+
+
+def _write_config(path: Path, config) -> Path:
+    path.write_text(json.dumps(dataclasses.asdict(config)))  # JSON is YAML
+    return path
+
+
+def _manifests(run_dir: Path) -> dict[str, int]:
+    return {str(m): m.stat().st_mtime_ns for m in run_dir.rglob(MANIFEST)}
+
+
+def test_sigkill_during_gradients_then_rerun_gives_the_same_selection(finished_run, demo_files, tmp_path):
+    reference_dir, _, _ = finished_run
+    config = tiny_config(tmp_path / "run", demo_files)  # 3 shards of 16 per checkpoint
+    cfg = _write_config(tmp_path / "run.yaml", config)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "rose", "run", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = tmp_path / "run/grads/train/epoch-1"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(shards.glob("shard-*.npy"))) < 2:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((tmp_path / "run/grads/train" / MANIFEST).read_text())
+    assert manifest["complete"] is False  # nothing partial looks finished
+    assert not (tmp_path / "run/scores").exists()
+    kept = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.npy")}
+    assert main(["run", str(cfg)]) == 0
+    assert all(shards.joinpath(n).stat().st_mtime_ns == t for n, t in kept.items())  # finished shards were reused
+    # same seed, same inputs: the uninterrupted run in another folder selected the same bytes
+    assert (tmp_path / "run/selection/selected.jsonl").read_bytes() == (reference_dir / "selection/selected.jsonl").read_bytes()
+
+
+GOOD_ROW = {"dataset": "d", "id": "d_0", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+HOSTILE_POOLS = {
+    "malformed JSON": (b'{"messages": [\n', "line 1", "malformed JSON"),
+    "missing field": (json.dumps({"id": "x"}).encode() + b"\n", "field 'messages'", "missing field"),
+    "wrong type": (json.dumps({"messages": {"role": "user"}}).encode() + b"\n", "field 'messages'", "expected list"),
+    "empty response": (json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}).encode() + b"\n",
+                       "field 'messages[1].content'", "empty text"),
+    "non-UTF-8": (json.dumps(GOOD_ROW).encode() + b"\n" + b'{"messages": "\xc3\x28"}\n', "line 2", "not valid UTF-8"),
+    "duplicate ids": ((json.dumps(GOOD_ROW) + "\n" + json.dumps(GOOD_ROW) + "\n").encode(), "line 2, field 'id'", "duplicate id"),
+    "over-long prompt": (json.dumps({"messages": [{"role": "user", "content": "word " * 500}, {"role": "assistant", "content": "a"}]}).encode() + b"\n",
+                         "line 1, field 'messages'", "max_length"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_POOLS))
+def test_hostile_pool_fails_cleanly_and_keeps_earlier_results(case, finished_run, tmp_path, capsys):
+    run_dir, config, _ = finished_run
+    content, where, message = HOSTILE_POOLS[case]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(content)
+    bad = dataclasses.replace(config, data=dataclasses.replace(config.data, pool=[str(pool)]))
+    before = _manifests(run_dir)
+    assert main(["run", str(_write_config(tmp_path / "bad.yaml", bad))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rose: error: ") and str(pool) in err and where in err and message in err, err
+    assert _manifests(run_dir) == before  # the finished run in that folder is untouched
+
+
+def _run_with(config, tmp_path, capsys, **changes) -> str:
+    sections = {}
+    for key, value in changes.items():
+        section, field = key.split("__")
+        sections.setdefault(section, {})[field] = value
+    for section, fields in sections.items():
+        config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **fields)})
+    assert main(["run", str(_write_config(tmp_path / "bad.yaml", config))]) == 2
+    return capsys.readouterr().err
+
+
+def test_other_hostile_inputs(finished_run, tmp_path, capsys):
+    run_dir, config, _ = finished_run
+    before = _manifests(run_dir)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    val = dataclasses.replace(config.data.validation, paths=[str(empty)])
+    assert "no preference pairs found" in _run_with(config, tmp_path, capsys, data__validation=val)
+    assert "model path not found" in _run_with(config, tmp_path, capsys, model__name=str(tmp_path / "no/such/model"))
+    cut = tmp_path / "cut" / "model.gguf"
+    cut.parent.mkdir()
+    cut.write_bytes(Path(resolve_model("smollm2-135m-instruct")).joinpath("model.safetensors").read_bytes()[:100_000])
+    assert "cannot read GGUF file" in _run_with(config, tmp_path, capsys, model__name=str(cut))
+    other = _run_with(config, tmp_path, capsys, warmup__epochs=3)  # same run_dir, another config
+    assert "holds 'warmup' results of another config" in other and "choose a new run_dir" in other
+    cfg = tmp_path / "fraction.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'x'}\nselect: {{fraction: 1.5}}\n")
+    assert main(["run", str(cfg)]) == 2 and "select.fraction must be a number in (0, 1]" in capsys.readouterr().err
+    assert _manifests(run_dir) == before
+
+
+def test_no_pickle_loading_in_the_package():
+    source = "\n".join(p.read_text() for p in Path(__file__).parents[1].joinpath("src/rose").rglob("*.py"))
+    assert "torch.load(" not in source and "pickle" not in source and "allow_pickle=True" not in source
