@@ -29,7 +29,7 @@ def test_top_level_help_names_the_stages():
 
 def test_config_keys_lists_defaults(capsys):
     assert main(["config", "--keys"]) == 0
-    assert "gradients.dim = 8192" in capsys.readouterr().out
+    assert "gradients.dim = 32768" in capsys.readouterr().out
 
 
 def _config(tmp_path, pool_rows):

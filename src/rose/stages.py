@@ -149,7 +149,8 @@ def train_grads(run: Run) -> None:
         else:
             sink = ProjectedFeatures(projector, moments)
         for start, stop in todo:
-            out = np.zeros((stop - start, sink.out_dim), dtype=np.float32)
+            # unit vectors lose nothing that matters in float16; cosines stay float32
+            out = np.zeros((stop - start, sink.out_dim), dtype=np.float32 if exact else np.float16)
             for idx, parts in engine.sft_grads(run.model, run.param_names, encoded[start:stop], run.pad_id, cfg.batch_tokens, run.device):
                 out[idx] = sink(parts).float().cpu().numpy()
                 bar.update(len(idx))
