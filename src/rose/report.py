@@ -98,35 +98,29 @@ def compare_plots(results: dict[str, dict], out_dir: Path, budget_methods: list[
         fig.savefig(out_dir / "accuracy.png", dpi=120)
         plt.close(fig)
         files.append("accuracy.png")
-    budget = {m: v for m, v in _mean_by(results, "budget", "fraction").items() if m in budget_methods}
-    if any(len(v) > 1 for v in budget.values()):
+    sweeps = [
+        ("budget.png", {m: v for m, v in _mean_by(results, "budget", "fraction").items() if m in budget_methods},
+         lambda k: 100 * float(k), "selected share of the pool (%)", "full", "full pool", True),
+        ("shots.png", {m: v for m, v in _mean_by(results, "shots", "shots").items() if m in shot_methods},
+         int, "validation shots per subtask", "random", "random", False),
+    ]
+    for name, sweep, x_of, xlabel, ref_method, ref_label, log_x in sweeps:
+        if not any(len(v) > 1 for v in sweep.values()):
+            continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for m, points in budget.items():
-            ax.plot([100 * float(k) for k in points], list(points.values()), marker="o", label=m)
-        if "full" in summary:
-            ax.axhline(summary["full"]["heldout_pref_acc"], color="black", ls="--", lw=1, label="full pool")
-        ax.set_xscale("log")
-        ax.set_xlabel("selected share of the pool (%)")
+        for m, points in sweep.items():
+            ax.plot([x_of(k) for k in points], list(points.values()), marker="o", label=m)
+        if ref_method in summary:
+            ax.axhline(summary[ref_method]["heldout_pref_acc"], color="grey", ls="--", lw=1, label=ref_label)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out preference accuracy")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out_dir / "budget.png", dpi=120)
+        fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
-        files.append("budget.png")
-    shots = {m: v for m, v in _mean_by(results, "shots", "shots").items() if m in shot_methods}
-    if any(len(v) > 1 for v in shots.values()):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for m, points in shots.items():
-            ax.plot([int(k) for k in points], list(points.values()), marker="o", label=m)
-        if "random" in summary:
-            ax.axhline(summary["random"]["heldout_pref_acc"], color="grey", ls="--", lw=1, label="random")
-        ax.set_xlabel("validation shots per subtask")
-        ax.set_ylabel("held-out preference accuracy")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / "shots.png", dpi=120)
-        plt.close(fig)
-        files.append("shots.png")
+        files.append(name)
     points = [r for r in results.values() if "val_dpo_loss" in r]
     if points:
         fig, ax = plt.subplots(figsize=(5, 4))
