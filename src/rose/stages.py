@@ -4,6 +4,7 @@ its manifest is complete for the same key (see `context.Run.keys`); `context.FOL
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -23,10 +24,33 @@ from .grads.project import Projector, make_projector
 from .grads.transform import ExactCosines, ProjectedFeatures
 from .score import aggregate, checkpoint_weights, influence
 from .selection import top_fraction, write_selection
-from .store import load_shards, read_json, save_array, shard_name, shard_ranges, write_json
+from .store import StageDir, load_shards, read_json, save_array, shard_name, shard_ranges, write_json
 from .train import train_lora
 
 log = logging.getLogger("rose")
+
+
+def _main_process_stage(name: str, needs: tuple[str, ...] = ()):
+    """Run a stage body on the main process only, when the stage is not done yet; every process
+    then meets at one barrier. The stages it `needs` must be complete before its folder is
+    claimed; the body returns what goes into the manifest besides the wall time."""
+
+    def decorate(body):
+        @functools.wraps(body)
+        def stage(run: Run) -> None:
+            sd = run.stage(name)
+            if run.dist.is_main and not sd.is_done():
+                for upstream in needs:
+                    run.require(upstream)
+                sd.begin()
+                started = time.perf_counter()
+                info = body(run, sd)
+                sd.finish(seconds=time.perf_counter() - started, **info)
+            run.dist.barrier()
+
+        return stage
+
+    return decorate
 
 
 def warmup(run: Run) -> None:
@@ -87,16 +111,11 @@ class RawGradients:
         return torch.cat(list(parts), dim=1)
 
 
-def val_grads(run: Run) -> None:
+@_main_process_stage("val-grads", needs=("warmup",))
+def val_grads(run: Run, sd: StageDir) -> dict:
     """Validation gradients at every checkpoint, projected and normalised (plus base-model log-probs)."""
-    sd = run.stage("val-grads")
-    if sd.is_done() or not run.dist.is_main:
-        run.dist.barrier()
-        return
     cfg = run.config.gradients
     ckpts = run.checkpoints()
-    sd.begin()
-    started = time.perf_counter()
     pairs, encoded = run.validation_set
     with run.model.disable_adapter():
         flat = [s for pair in encoded for s in pair]
@@ -108,9 +127,7 @@ def val_grads(run: Run) -> None:
         for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt"):
             run.load_adapter(ckpt.adapter)
             save_array(sd.path / ckpt.path.name / "grads.npy", validation_grads(run, sink, reference).float().numpy())
-    sd.finish(ids=[p.id for p in pairs], subtasks=[p.subtask for p in pairs], checkpoints=[c.path.name for c in ckpts],
-              seconds=time.perf_counter() - started)
-    run.dist.barrier()
+    return {"ids": [p.id for p in pairs], "subtasks": [p.subtask for p in pairs], "checkpoints": [c.path.name for c in ckpts]}
 
 
 def train_grads(run: Run) -> None:
@@ -178,14 +195,9 @@ def gradient_scores(run: Run) -> tuple[np.ndarray, np.ndarray, list[str], np.nda
     return scores, per_subtask, list(dict.fromkeys(vm["subtasks"])), weights
 
 
-def score(run: Run) -> None:
+@_main_process_stage("score")
+def score(run: Run, sd: StageDir) -> dict:
     """Score every pool example: influence for ROSE and LESS, or a baseline's similarity."""
-    sd = run.stage("score")
-    if sd.is_done() or not run.dist.is_main:
-        run.dist.barrier()
-        return
-    sd.begin()
-    started = time.perf_counter()
     method, cfg = run.config.select.method, run.config
     weights = None
     if method in GRADIENT_METHODS:
@@ -206,24 +218,17 @@ def score(run: Run) -> None:
     save_array(sd.path / "per_subtask.npy", per_subtask)
     write_json(sd.path / "scores.json", {"method": method, "ids": [e.id for e in run.pool], "subtasks": subtasks,
                                          "checkpoint_weights": None if weights is None else weights.tolist()})
-    sd.finish(n=len(scores), seconds=time.perf_counter() - started)
-    run.dist.barrier()
+    return {"n": len(scores)}
 
 
-def select(run: Run) -> None:
+@_main_process_stage("select", needs=("score",))
+def select(run: Run, sd: StageDir) -> dict:
     """Write the top share of the pool by score (all of it for the full-pool baseline)."""
-    sd = run.stage("select")
-    if sd.is_done() or not run.dist.is_main:
-        run.dist.barrier()
-        return
-    scores_sd = run.require("score")
-    sd.begin()
-    scores = np.load(scores_sd.path / "scores.npy")
+    scores = np.load(run.require("score").path / "scores.npy")
     method = run.config.select.method
     fraction = 1.0 if method == "full" else run.config.select.fraction
     info = write_selection(sd.path, run.pool, top_fraction(scores, fraction), scores, method)
-    sd.finish(n_selected=info["n_selected"], sources=info["sources"])
-    run.dist.barrier()
+    return {"n_selected": info["n_selected"], "sources": info["sources"]}
 
 
 def selected_indices(run: Run) -> list[int]:
@@ -249,20 +254,14 @@ def finetune(run: Run) -> None:
     run.dist.barrier()
 
 
-def reference(run: Run) -> None:
+@_main_process_stage("reference")
+def reference(run: Run, sd: StageDir) -> dict:
     """Base-model log-probs (adapters off) of the held-out pairs and test answers, computed once."""
-    sd = run.stage("reference")
-    if sd.is_done() or not run.dist.is_main:
-        run.dist.barrier()
-        return
-    sd.begin()
-    started = time.perf_counter()
     with run.model.disable_adapter():
         for name, (logps, counts) in _evaluation_logprobs(run, ("heldout", "test")).items():
             save_array(sd.path / f"{name}_logps.npy", logps)
             save_array(sd.path / f"{name}_counts.npy", counts)
-    sd.finish(seconds=time.perf_counter() - started)
-    run.dist.barrier()
+    return {}
 
 
 def _evaluation_logprobs(run: Run, sets: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -282,16 +281,11 @@ def _evaluation_logprobs(run: Run, sets: tuple[str, ...]) -> dict[str, tuple[np.
     return out
 
 
-def evaluate(run: Run) -> None:
+@_main_process_stage("evaluate", needs=("finetune", "reference"))
+def evaluate(run: Run, sd: StageDir) -> dict:
     """Held-out preference accuracy, reward margin, length-normalised preference, validation DPO
     loss and golden-answer NLL of the fine-tuned adapter (and the judge's win rate, if enabled)."""
-    sd = run.stage("evaluate")
-    if sd.is_done() or not run.dist.is_main:
-        run.dist.barrier()
-        return
     tune, ref = run.require("finetune"), run.require("reference")
-    sd.begin()
-    started = time.perf_counter()
     run.load_adapter(tune.path / tune.manifest()["adapter"])
     base = {name: np.load(ref.path / f"{name}_logps.npy") for name in ("heldout", "test") if (ref.path / f"{name}_logps.npy").is_file()}
     with run.model.disable_adapter():
@@ -309,8 +303,7 @@ def evaluate(run: Run) -> None:
     if run.config.eval.judge.enabled:
         metrics.update(_judge(run))
     write_json(sd.path / "metrics.json", metrics)
-    sd.finish(seconds=time.perf_counter() - started, **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
-    run.dist.barrier()
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
 
 
 def _judge(run: Run) -> dict:
