@@ -57,3 +57,16 @@ def test_resume_after_a_lost_epoch_gives_the_same_adapter(tokenizer, examples, t
 def test_linear_schedule():
     lrs = [lr_at(s, 10, 1.0, 0.2) for s in range(10)]
     assert lrs[:2] == [0.5, 1.0] and lrs[-1] == pytest.approx(0.125) and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_bf16_base_trains_float32_adapters_in_mixed_precision(tokenizer, examples, tmp_path):
+    """Under a bf16 base model the forward runs in bf16, while the LoRA weights, their gradients
+    and AdamW's moments stay float32, and the loss still falls."""
+    torch.manual_seed(0)
+    model = add_lora(load_model(ModelConfig(device="cpu", dtype="bfloat16")), LoraSettings(r=2, alpha=8, dropout=0.0))
+    settings = TrainSettings(epochs=3, lr=2e-3, batch_size=5, micro_batch_tokens=128)
+    ckpts = train_lora(model, examples, settings, tmp_path, tokenizer.pad_token_id, 0, Dist(), save_checkpoints=True, log=lambda _: None)
+    assert {p.dtype for p in lora_parameters(model).values()} == {torch.float32}
+    assert load_tensors(ckpts[-1].path / "optimizer.safetensors")[f"exp_avg.{next(iter(lora_parameters(model)))}"].dtype == torch.float32
+    losses = [c.state()["losses"][0] for c in ckpts]
+    assert losses[-1] < losses[0]

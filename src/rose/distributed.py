@@ -56,12 +56,13 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
-    def sum(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
-        dist.all_reduce(t)
-        return float(t)
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over processes (a copy; float64 on the CPU)."""
+        t = values.detach().double()
+        if self.world > 1:
+            t = t.to(self._collective_device())
+            dist.all_reduce(t)
+        return t.cpu()
 
     def _collective_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")

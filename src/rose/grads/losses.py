@@ -12,19 +12,46 @@ def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
     """Summed log-probability of each row's response tokens, and their count.
 
     batch: input_ids, attention_mask, labels [B, T] (labels IGNORE outside the response).
-    Returns (logp_sum [B] float32, n_tokens [B]). Logits are only computed from the first response
-    position on, which skips most of the vocabulary-sized work for long prompts.
+    Returns (logp_sum [B] float32, n_tokens [B]). The vocabulary-sized logits are formed only at
+    the response positions: the decoder's hidden states there are gathered and sent through the LM
+    head, so prompt and padding positions cost no logits, no softmax and no memory for either.
     """
-    labels = batch["labels"]
-    first = max(1, int((labels != IGNORE).int().argmax(dim=1).min()))  # earliest response token
-    keep = labels.shape[1] - first + 1
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    logits = logits[:, :-1]  # [B, T-first, V]: position t predicts token t+1
-    logits = logits.float() if logits.dtype.itemsize < 4 else logits
-    targets = labels[:, first:]  # [B, T-first]
-    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
-    mask = targets != IGNORE
-    return -(nll.view_as(targets) * mask).sum(dim=1), mask.sum(dim=1)
+    targets = batch["labels"][:, 1:]  # position t predicts token t+1
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
+    decoder, head = lm_parts(model)
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    logits = head(hidden[rows, cols])  # [K, V] for the K response tokens of the batch
+    logits = logits.float() if logits.dtype.itemsize < 4 else logits  # softmax of bf16 logits in float32
+    nll = F.cross_entropy(logits, targets[rows, cols], reduction="none")
+    n_rows = targets.shape[0]
+    logp = torch.zeros(n_rows, dtype=nll.dtype, device=nll.device).index_add_(0, rows, -nll)
+    return logp, torch.bincount(rows, minlength=n_rows)
+
+
+def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(decoder, LM head) of a causal LM, through a PEFT wrapper; the head must be a plain projection.
+
+    Families whose forward rescales or soft-caps the logits (Gemma 2/3, Cohere, Granite, ...) would
+    need that step here too, so they are refused rather than scored wrongly.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
+        value = getattr(config, name, None)
+        if value not in (None, 1, 1.0):
+            raise NotImplementedError(f"{type(base).__name__} post-processes its logits ({name}={value}); rose does not support it yet")
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+class ResponseLogprobs(torch.nn.Module):
+    """`response_logprobs` as a module, so that DDP can wrap it for training."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return response_logprobs(self.model, batch)
 
 
 def sft_losses(logp_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:

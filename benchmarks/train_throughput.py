@@ -1,0 +1,99 @@
+"""LoRA training and scoring throughput: the warm-up / fine-tune loop and the evaluation forward pass.
+
+The selection's cost is dominated by gradients, but a comparison fine-tunes and evaluates dozens
+of selections, so those loops decide how much of a study fits on a GPU. The model is built from
+its architecture config with random weights (speed does not depend on weight values); example
+lengths follow the real pool (`pool_lengths.py`), token ids are random.
+
+    python benchmarks/train_throughput.py --lengths lengths.json --out docs/benchmarks/train_throughput.json
+
+Prints a table (examples/s, tokens/s, peak memory for each micro-batch budget) and, with
+--profile, the kernels that take the GPU's time in one training step; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+from grad_throughput import build, make_examples, timed
+
+from rose.config import TrainSettings
+from rose.distributed import Dist
+from rose.grads import engine
+from rose.models import set_adapter_dtype
+from rose.train import train_lora
+
+
+def train_pass(model, examples, settings: TrainSettings) -> None:
+    set_adapter_dtype(model, torch.float32)  # trained in float32 over the frozen base, as the stages do
+    with tempfile.TemporaryDirectory() as out:
+        train_lora(model, examples, settings, Path(out), pad_id=0, seed=0, dist_ctx=Dist(), save_checkpoints=False,
+                   log=lambda _: None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", required=True, help="JSON list of [prompt_tokens, total_tokens] from the real pool.")
+    parser.add_argument("--arch", default="smollm2-135m")
+    parser.add_argument("--examples", type=int, default=2048)
+    parser.add_argument("--max-len", type=int, default=2048)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--alpha", type=float, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="Examples per optimizer step.")
+    parser.add_argument("--micro-tokens", type=int, nargs="+", default=[16384, 65536])
+    parser.add_argument("--eval-tokens", type=int, default=32768, help="Token budget of the evaluation forward pass.")
+    parser.add_argument("--profile", action="store_true", help="Print the top kernels of a few training steps.")
+    parser.add_argument("--out", default="docs/benchmarks/train_throughput.json")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device: {card}, torch {torch.__version__}", flush=True)
+    lengths = json.loads(Path(args.lengths).read_text())
+    model = build(args.arch, args.rank, args.alpha, device, dtype)
+    examples = make_examples(lengths, min(args.examples, len(lengths)), args.max_len, model.config.vocab_size, 0)
+    tokens = sum(len(e) for e in examples)
+    report: dict = {"card": card, "torch": torch.__version__, "arch": args.arch, "lora_r": args.rank,
+                    "weights": "random (built from the architecture config); speed does not depend on weight values",
+                    "examples": len(examples), "mean_tokens": tokens / len(examples), "batch_size": args.batch_size,
+                    "modes": {}}
+
+    def record(name: str, seconds: float, peak: float) -> None:
+        row = {"seconds": seconds, "examples_per_s": len(examples) / seconds, "tokens_per_s": tokens / seconds,
+               "peak_memory_gb": peak}
+        report["modes"][name] = row
+        print(f"  {name:24s} {row['examples_per_s']:9.1f} ex/s {row['tokens_per_s']:11.0f} tok/s  peak {peak:6.1f} GB", flush=True)
+
+    warm = examples[: 4 * args.batch_size]
+    for micro in args.micro_tokens:
+        settings = TrainSettings(epochs=1, lr=1e-4, batch_size=args.batch_size, micro_batch_tokens=micro)
+        train_pass(model, warm, settings)  # kernels chosen, allocator settled
+        seconds, peak = timed(lambda s=settings: train_pass(model, examples, s), device)
+        record(f"train_micro{micro}", seconds, peak)
+    set_adapter_dtype(model, dtype)
+    model.eval()
+    engine.sequence_logprobs(model, warm, 0, args.eval_tokens, device)
+    seconds, peak = timed(lambda: engine.sequence_logprobs(model, examples, 0, args.eval_tokens, device), device)
+    record("eval_logprobs", seconds, peak)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        settings = TrainSettings(epochs=1, lr=1e-4, batch_size=args.batch_size, micro_batch_tokens=args.micro_tokens[-1])
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            train_pass(model, warm, settings)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
