@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# The GPU experiments behind docs/results.md and docs/benchmarks/projection_fidelity.json (one 80 GB GPU).
+# The GPU study behind docs/results.md: SHP and HH comparisons with their budget and few-shot sweeps.
 #
-#   [ROSE_TIME_LIMIT=SECONDS] benchmarks/gpu_experiments.sh [KEY=VALUE ...]
+#   [ROSE_TIME_LIMIT=SECONDS] [WORKERS_PER_GPU=1] benchmarks/gpu_experiments.sh [KEY=VALUE ...]
 #
-# Extra overrides go to every command. Every command resumes where an interrupted one stopped
-# (finished stages and variants are kept), so the script can simply be run again until it
-# completes; ROSE_TIME_LIMIT stops it cleanly before a wall-clock limit. Order: the two main
-# comparisons, the projection-fidelity check (it reuses the warm-up), then the budget and
-# few-shot sweeps.
+# Extra overrides go to every command. 1) The shared stages (warm-up, pool gradients) and the SHP
+# ROSE variant run once under torchrun on every visible GPU. 2) Then WORKERS_PER_GPU `rose compare`
+# workers per task and GPU share the rest (so two processes per GPU by default: SmolLM2 leaves a
+# GPU idle between kernels, and a second process fills the gaps). Stage folders are locked while
+# written, so each worker takes what no other holds. Everything resumes: run the script again after an interruption; ROSE_TIME_LIMIT stops
+# it cleanly before a wall-clock limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 limit=${ROSE_TIME_LIMIT:-0}
-step() {
-  if ((limit)); then
-    local left=$((limit - SECONDS))
-    ((left > 20)) || { echo "time limit reached; run again to continue"; exit 3; }
-    timeout "$left" "$@"
-  else
-    "$@"
-  fi
-}
-main_only=('compare.budgets=[]' 'compare.shots={}')
-step $py -m rose compare configs/shp.yaml "$@" "${main_only[@]}"
-step $py -m rose compare configs/hh.yaml "$@" "${main_only[@]}"
-step $py benchmarks/projection_fidelity.py configs/shp.yaml "$@" run_dir=runs/fidelity --cache runs/cache \
-    --sample 4000 --out docs/benchmarks/projection_fidelity.json
-step $py -m rose compare configs/shp.yaml "$@"
-step $py -m rose compare configs/hh.yaml "$@"
+per_gpu=${WORKERS_PER_GPU:-1}
+gpus=$($py -c "import torch; print(max(1, torch.cuda.device_count()))")
+left() { if ((limit)); then echo $((limit - SECONDS)); else echo 999999; fi; }
+(($(left) > 20)) || { echo "time limit reached; run again to continue"; exit 3; }
+
+timeout "$(left)" $py -m torch.distributed.run --standalone --nproc-per-node "$gpus" -m rose compare configs/shp.yaml "$@" \
+    'compare.methods=[rose]' 'compare.budgets=[]' 'compare.shots={}'
+
+mkdir -p runs
+pids=()
+for ((g = 0; g < gpus; g++)); do
+  for ((w = 0; w < per_gpu; w++)); do
+    for task in shp hh; do
+      CUDA_VISIBLE_DEVICES=$g timeout "$(left)" $py -m rose compare "configs/$task.yaml" "$@" \
+          >"runs/worker-$task-$g-$w.log" 2>&1 &
+      pids+=($!)
+    done
+  done
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+((status == 0)) || { echo "a worker stopped (exit $status): see runs/worker-*.log; run again to continue"; exit "$status"; }
 echo "all experiments done"

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 
 import pytest
 from conftest import tiny_config
 
+from rose import compare
 from rose.cli import main
+from rose.config import load_config
 from rose.demo import write_demo_data
+from rose.store import StageBusy, folder_lock
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +66,44 @@ def test_stages_are_shared_by_key_and_a_rerun_does_nothing(compared):
     before = (run / "compare/results.json").stat().st_mtime_ns
     assert main(["compare", str(compared / "compare.yaml")]) == 0
     assert (run / "compare/results.json").stat().st_mtime_ns == before
+
+
+def test_a_worker_steps_aside_while_another_process_holds_a_stage(compared, monkeypatch, caplog):
+    """A second worker on the same comparison skips a variant whose stage is held, then finishes it."""
+    monkeypatch.setattr(compare, "POLL_SECONDS", 0.2)
+    results_file = compared / "run/compare/results.json"
+    results = json.loads(results_file.read_text())
+    held = "random-seed1-p0.125"
+    del results[held]
+    results_file.write_text(json.dumps(results))
+    eval_folder = (compared / "run/variants" / held / "eval").resolve()
+    locked, release = threading.Event(), threading.Event()
+
+    def other_worker() -> None:
+        with folder_lock(eval_folder):
+            locked.set()
+            release.wait(timeout=60)
+
+    holder = threading.Thread(target=other_worker)
+    holder.start()
+    locked.wait(timeout=10)
+    threading.Timer(1.5, release.set).start()
+    with caplog.at_level(logging.INFO, logger="rose"):
+        final = compare.run_compare(load_config(compared / "compare.yaml"))
+    holder.join()
+    assert f"compare: {held} waits" in caplog.text
+    assert list(final)[-1] == held and final[held]["heldout_pref_acc"] == results_before(compared, held)
+
+
+def results_before(compared, name: str) -> float:
+    """The variant's accuracy as its (shared, finished) evaluation folder recorded it."""
+    return json.loads((compared / "run/variants" / name / "eval/metrics.json").read_text())["heldout_pref_acc"]
+
+
+def test_a_held_folder_lock_raises_stage_busy_without_waiting(tmp_path):
+    with folder_lock(tmp_path / "stage"):
+        with pytest.raises(StageBusy):
+            with folder_lock(tmp_path / "stage", wait=False):
+                pass
+    with folder_lock(tmp_path / "stage", wait=False):  # released: free again
+        pass

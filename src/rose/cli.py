@@ -96,6 +96,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 def _run_compare(config) -> None:
     from .compare import run_compare
+    from .distributed import Dist
     from .report import compare_plots, method_summary, render_compare, table
     from .store import atomic_write_text, write_json
 
@@ -106,7 +107,10 @@ def _run_compare(config) -> None:
         sweeps = {"budget": config.compare.budget_methods, "shots": config.compare.shot_methods}
         atomic_write_text(out / "report.md", render_compare(results, f"rose compare: {config.run_dir}", images, sweeps))
 
-    results = run_compare(config, on_result=write_report)
+    dist = Dist.from_env()
+    results = run_compare(config, on_result=write_report, dist=dist)
+    if not dist.is_main:
+        return
     write_report(results)
     summary = method_summary(results)
     if config.compare.results_json:

@@ -4,22 +4,26 @@ Each variant is an ordinary run directory under `run_dir/variants/`. Stage folde
 key: every variant's stage folder is a link into `run_dir/cache/<stage>-<key>`, so the warm-up and
 the pool's gradients are computed once for ROSE and LESS and every budget, the base-model
 reference log-probs once per task, and a variant that finished earlier is not redone. Results
-accumulate in `run_dir/compare/results.json`, so an interrupted comparison resumes.
+accumulate in `run_dir/compare/results.json`, so an interrupted comparison resumes, and several
+processes (one per GPU) can share one comparison: stage folders are locked while written.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import RunConfig
 from .context import FOLDERS, Run, stages_for
+from .distributed import Dist
 from .pipeline import record_config, run_stages
-from .store import read_json, write_json
+from .store import StageBusy, folder_lock, read_json, write_json
 
 log = logging.getLogger("rose")
+POLL_SECONDS = 5.0  # how often a worker whose variants are all busy looks again
 
 
 @dataclass(frozen=True)
@@ -61,26 +65,32 @@ def variants(config: RunConfig) -> list[Variant]:
 
 
 def link_cache(run: Run, cache: Path) -> None:
-    """Point each of the run's stage folders at the shared folder for that stage's key."""
+    """Point each of the run's stage folders at the shared folder for that stage's key.
+
+    Links are made under a temporary name and renamed into place, so workers linking the same
+    variant at once cannot trip over each other."""
     for stage, folder in FOLDERS.items():
         target = cache / f"{stage}-{run.keys[stage]}"
         link = run.dir / folder
         if link.is_symlink() and link.resolve() == target.resolve():
             continue
-        if link.is_symlink():
-            link.unlink()  # the variant's config changed since its last run
-        elif link.exists():
+        if link.exists() and not link.is_symlink():
             raise FileExistsError(f"{link} is a real folder; compare variants keep their stages under {cache}")
         target.mkdir(parents=True, exist_ok=True)
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+        tmp = link.with_name(f".{link.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+        os.replace(tmp, link)  # also replaces a link left by an earlier config of this variant
 
 
-def run_variant(variant: Variant, cache: Path, base: Run) -> tuple[dict, Run]:
+def run_variant(variant: Variant, cache: Path, base: Run, wait: bool = True) -> tuple[dict, Run]:
     run = base.derive(variant.config)
-    run.dir.mkdir(parents=True, exist_ok=True)
-    link_cache(run, cache)
-    run = run_stages(variant.config, stages_for(variant.method), base=run)
+    if run.dist.is_main:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        link_cache(run, cache)
+    run.dist.barrier()
+    run = run_stages(variant.config, stages_for(variant.method), base=run, wait=wait)
     metrics = read_json(run.dir / FOLDERS["evaluate"] / "metrics.json")
     selection = read_json(run.dir / FOLDERS["select"] / "selection.json")
     result = {"group": variant.group, "method": variant.method, "fraction": variant.fraction, "seed": variant.seed,
@@ -88,20 +98,52 @@ def run_variant(variant: Variant, cache: Path, base: Run) -> tuple[dict, Run]:
     return result, run
 
 
-def run_compare(config: RunConfig, on_result=None) -> dict[str, dict]:
-    """Run every variant not yet in results.json; call on_result(results) after each one."""
+def _read_results(file: Path) -> dict[str, dict]:
+    return read_json(file) if file.is_file() else {}
+
+
+def _add_result(file: Path, name: str, result: dict) -> dict[str, dict]:
+    """Add one variant's result to results.json (under a lock: other workers write it too)."""
+    with folder_lock(file.parent):
+        results = _read_results(file)
+        results[name] = result
+        write_json(file, results)
+    return results
+
+
+def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> dict[str, dict]:
+    """Run every variant not yet in results.json; call on_result(results) after each one.
+
+    Several processes may run the same comparison at once (one per GPU, say): each takes the
+    variants whose next stage no other process holds, waits when all are held, and skips what
+    another has finished. Under torchrun all processes work on one variant at a time instead.
+    """
     root = Path(config.run_dir)
     results_file = root / "compare" / "results.json"
-    results: dict[str, dict] = read_json(results_file) if results_file.is_file() else {}
-    todo = [v for v in variants(config) if v.name not in results]
-    root.mkdir(parents=True, exist_ok=True)
     cache = Path(config.compare.cache_dir) if config.compare.cache_dir else root / "cache"
-    base = Run(config)
-    record_config(base)
-    for i, variant in enumerate(todo, 1):
-        log.info("compare: variant %d/%d: %s", i, len(todo), variant.name)
-        results[variant.name], base = run_variant(variant, cache, base)
-        write_json(results_file, results)
-        if on_result is not None:
-            on_result(results)
-    return results
+    base = Run(config, dist or Dist.from_env())
+    alone = base.dist.world == 1  # a single process can step aside when a stage is busy
+    if base.dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        record_config(base)
+    pending = variants(config)
+    while pending:
+        busy = []
+        for variant in pending:
+            if variant.name in _read_results(results_file):
+                continue  # finished earlier, or by another worker
+            log.info("compare: %s", variant.name)
+            try:
+                result, base = run_variant(variant, cache, base, wait=not alone)
+            except StageBusy as e:
+                log.info("compare: %s waits (%s)", variant.name, e)
+                busy.append(variant)
+                continue
+            if base.dist.is_main:
+                results = _add_result(results_file, variant.name, result)
+                if on_result is not None:
+                    on_result(results)
+        if busy:
+            time.sleep(POLL_SECONDS)
+        pending = busy
+    return _read_results(results_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
@@ -15,7 +16,7 @@ from .context import FOLDERS, Run, stages_for
 from .distributed import Dist
 from .report import render_report
 from .stages import STAGES
-from .store import MANIFEST, atomic_write_text, read_json, write_json
+from .store import MANIFEST, atomic_write_text, folder_lock, read_json, write_json
 
 log = logging.getLogger("rose")
 
@@ -55,9 +56,13 @@ def preflight(run: Run, stages: Sequence[str]) -> None:
         run.stage(name).is_done()  # raises if another config wrote this stage's folder
 
 
-def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist | None = None, base: Run | None = None) -> Run:
+def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist | None = None, base: Run | None = None,
+               wait: bool = True) -> Run:
     """Run the named stages (default: all that the selection method needs) in pipeline order;
-    completed stages are skipped. `base`: an earlier Run whose loaded model and data to reuse."""
+    completed stages are skipped. `base`: an earlier Run whose loaded model and data to reuse.
+
+    The main process holds each stage folder's lock while the stage runs, so processes sharing
+    folders never write one at once; with wait=False a stage held elsewhere raises StageBusy."""
     run = base.derive(config) if base is not None else Run(config, dist or Dist.from_env())
     wanted = list(names or stages_for(config.select.method))
     unknown = [n for n in wanted if n not in STAGES]
@@ -71,7 +76,8 @@ def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist
         if name in wanted:
             if run.dist.is_main:
                 log.info("stage %s", name)
-            STAGES[name](run)
+            with folder_lock(run.stage(name).path, wait) if run.dist.is_main else nullcontext():
+                STAGES[name](run)
     if run.dist.is_main and names is None:
         summarize(run)
     return run

@@ -7,6 +7,7 @@ its `manifest.json` says so, with the fingerprint of the config and inputs that 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -141,6 +142,31 @@ class StageDir:
 
         versions = {"rose": __version__, "torch": torch.__version__}
         write_json(self.path / MANIFEST, {"stage": self.stage, "key": self.key, "complete": True, "versions": versions, **info})
+
+
+class StageBusy(RuntimeError):
+    """Another process is working on this stage folder."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path, wait: bool = True) -> Iterator[None]:
+    """An exclusive lock on a folder (flock on `folder/.lock`), held while one process writes it.
+
+    Processes that share a stage cache (several `rose compare` workers) take it before they
+    check and write a stage, so no stage is ever written twice at once. With wait=False a held
+    lock raises StageBusy at once instead of waiting.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as e:
+            raise StageBusy(f"{folder} is being written by another process") from e
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- gradient shards
