@@ -19,7 +19,7 @@ left() { if ((limit)); then echo $((limit - SECONDS)); else echo 999999; fi; }
 (($(left) > 20)) || { echo "time limit reached; run again to continue"; exit 3; }
 
 timeout "$(left)" $py -m torch.distributed.run --standalone --nproc-per-node "$gpus" -m rose compare configs/shp.yaml "$@" \
-    'compare.methods=[rose]' 'compare.budgets=[]' 'compare.shots={}'
+    'compare.methods=[rose]' 'compare.budgets=[]' 'compare.shot_methods=[]'
 
 mkdir -p runs
 pids=()

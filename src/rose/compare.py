@@ -126,7 +126,8 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
     if base.dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
         record_config(base)
-    pending = variants(config)
+    # largest fine-tunes first, so that workers sharing the comparison finish at about the same time
+    pending = sorted(variants(config), key=lambda v: -(1.0 if v.method == "full" else v.fraction))
     while pending:
         busy = []
         for variant in pending:

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .config import LoraSettings, ModelConfig
 from .errors import InputError
-from .store import atomic_path, file_digest, load_tensors
+from .store import atomic_path, file_digest, folder_lock, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,16 @@ def _builtin_gguf(name: str) -> Path:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> Path:
-    """De-quantise a GGUF file into a float32 safetensors model folder (once)."""
+    """De-quantise a GGUF file into a float32 safetensors model folder (once, by one process)."""
     if (out / "config.json").is_file():
         return out
+    with folder_lock(out.parent):  # processes started together (torchrun, compare workers) convert once
+        if not (out / "config.json").is_file():
+            _write_converted(gguf, out)
+    return out
+
+
+def _write_converted(gguf: Path, out: Path) -> None:
     log.info("converting %s to safetensors under %s (once)", gguf.name, out)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -72,7 +79,6 @@ def _convert_gguf(gguf: Path, out: Path) -> Path:
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return out
 
 
 def resolve_model(name: str) -> str:
