@@ -5,15 +5,17 @@
 #
 # Extra overrides go to every command. 1) The shared stages (warm-up, pool gradients) and the SHP
 # ROSE variant run once under torchrun on every visible GPU. 2) Then WORKERS_PER_GPU `rose compare`
-# workers per task and GPU share the rest (so two processes per GPU by default: SmolLM2 leaves a
-# GPU idle between kernels, and a second process fills the gaps). Stage folders are locked while
-# written, so each worker takes what no other holds. Everything resumes: run the script again after an interruption; ROSE_TIME_LIMIT stops
+# workers per task and GPU share the rest (so two processes per GPU by default: one SmolLM2 process
+# keeps an H100 busy only about half the time, and two fill it; four ran out of its 80 GB when
+# several evaluated at once). Stage folders are locked while written, so each worker takes what no
+# other holds, and a worker that dies leaves its variant to the others. Everything resumes: run the script again after an interruption; ROSE_TIME_LIMIT stops
 # it cleanly before a wall-clock limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 limit=${ROSE_TIME_LIMIT:-0}
 per_gpu=${WORKERS_PER_GPU:-1}
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 gpus=$($py -c "import torch; print(max(1, torch.cuda.device_count()))")
 left() { if ((limit)); then echo $((limit - SECONDS)); else echo 999999; fi; }
 (($(left) > 20)) || { echo "time limit reached; run again to continue"; exit 3; }

@@ -103,9 +103,13 @@ def _run_compare(config) -> None:
     out = Path(config.run_dir) / "compare"
 
     def write_report(results: dict) -> None:
+        """report.md, plots and the results JSON: rewritten after every variant, so an interrupted
+        comparison still leaves an up-to-date record of what finished."""
         images = compare_plots(results, out, config.compare.budget_methods, config.compare.shot_methods)
         sweeps = {"budget": config.compare.budget_methods, "shots": config.compare.shot_methods}
         atomic_write_text(out / "report.md", render_compare(results, f"rose compare: {config.run_dir}", images, sweeps))
+        if config.compare.results_json:
+            write_json(config.compare.results_json, {"run_dir": config.run_dir, "methods": method_summary(results), "variants": results})
 
     dist = Dist.from_env()
     results = run_compare(config, on_result=write_report, dist=dist)
@@ -113,8 +117,6 @@ def _run_compare(config) -> None:
         return
     write_report(results)
     summary = method_summary(results)
-    if config.compare.results_json:
-        write_json(config.compare.results_json, {"run_dir": config.run_dir, "methods": summary, "variants": results})
     print(table([(m, f"acc {e['heldout_pref_acc']:.4f}  margin {e['reward_margin']:.3f}  n={e['n_selected']}")
                  for m, e in summary.items()]))
     print(f"report: {out / 'report.md'}")
