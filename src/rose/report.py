@@ -77,6 +77,10 @@ def _mean_by(results: dict[str, dict], group: str, key: str, field: str = "heldo
     return {m: {k: sum(v) / len(v) for k, v in sorted(d.items(), key=lambda kv: float(kv[0]))} for m, d in acc.items()}
 
 
+# one colour per method in every plot, whatever order the results came in
+METHOD_COLORS = {"rose": "C0", "less": "C1", "random": "C2", "bm25": "C3", "embedding": "C4", "full": "C7"}
+
+
 def compare_plots(results: dict[str, dict], out_dir: Path, budget_methods: list[str], shot_methods: list[str]) -> list[str]:
     """Bar chart with error bars, budget and few-shot lines, and DPO loss vs accuracy; returns file names."""
     import matplotlib
@@ -109,11 +113,14 @@ def compare_plots(results: dict[str, dict], out_dir: Path, budget_methods: list[
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for m, points in sweep.items():
-            ax.plot([x_of(k) for k in points], list(points.values()), marker="o", label=m)
+            ax.plot([x_of(k) for k in points], list(points.values()), marker="o", label=m, color=METHOD_COLORS.get(m))
         if ref_method in summary:
             ax.axhline(summary[ref_method]["heldout_pref_acc"], color="grey", ls="--", lw=1, label=ref_label)
-        if log_x:
+        if log_x:  # budgets span 1% to 20%: log scale, ticks labelled with the budgets themselves
             ax.set_xscale("log")
+            ticks = sorted({x_of(k) for points in sweep.values() for k in points})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out preference accuracy")
         ax.legend()
@@ -126,7 +133,8 @@ def compare_plots(results: dict[str, dict], out_dir: Path, budget_methods: list[
         fig, ax = plt.subplots(figsize=(5, 4))
         for method in dict.fromkeys(r["method"] for r in points):
             rows = [r for r in points if r["method"] == method]
-            ax.scatter([r["val_dpo_loss"] for r in rows], [r["heldout_pref_acc"] for r in rows], label=method)
+            ax.scatter([r["val_dpo_loss"] for r in rows], [r["heldout_pref_acc"] for r in rows], label=method,
+                       color=METHOD_COLORS.get(method))
         ax.set_xlabel("validation DPO loss of the fine-tuned model")
         ax.set_ylabel("held-out preference accuracy")
         ax.legend(fontsize=8)
