@@ -9,9 +9,10 @@ import torch
 from conftest import lora_model
 
 from rose.encoding import collate, encode
+from rose.errors import ConfigError
 from rose.formats import Origin
 from rose.grads import engine, reference
-from rose.grads.losses import response_logprobs
+from rose.grads.losses import lm_parts, response_logprobs
 from rose.models import lora_parameters
 
 QUESTIONS = [
@@ -99,3 +100,10 @@ def test_response_logprobs_match_the_models_own_logits(tokenizer):
         want = sum(float(full[i, t, e.input_ids[t + 1]]) for t in positions)
         assert counts[i] == len(e) - e.n_prompt
         assert abs(float(logp[i]) - want) < 1e-8 * max(1.0, abs(want))
+
+
+def test_models_that_rescale_their_logits_are_refused():
+    model = lora_model("float32")
+    model.get_base_model().config.final_logit_softcapping = 30.0
+    with pytest.raises(ConfigError, match="post-processes its logits"):
+        lm_parts(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 
 def checkpoint_weights(mean_lrs: Sequence[float]) -> np.ndarray:
@@ -35,25 +36,33 @@ def aggregate(sims: np.ndarray, subtasks: Sequence[str]) -> tuple[np.ndarray, np
 
 
 def influence(
-    train: Sequence[np.ndarray],
-    val: Sequence[np.ndarray],
+    train: Sequence[Sequence[np.ndarray]],
+    val: Sequence[np.ndarray | None],
     weights: np.ndarray,
     subtasks: Sequence[str],
-    chunk: int = 8192,
+    device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score every training example against the target.
 
-    train: per checkpoint [N, d] unit vectors; val: per checkpoint [M, d] unit vectors, or None
-    where `train` already holds [N, M] cosines (exact scoring); weights: [C]; subtasks: [M].
+    train: per checkpoint, its [N, d] unit vectors as row blocks in pool order (the stage's
+    shards, memory-mapped: nothing is concatenated); val: per checkpoint [M, d] unit vectors, or
+    None where `train` already holds [N, M] cosines (exact scoring); weights: [C]; subtasks: [M].
     The similarity of example n and item m is sum_c w_c <train_c[n], val_c[m]>; see `aggregate`.
+    Each block's products run on `device` in float32 (on a GPU, seconds for a pool that keeps a
+    CPU busy for a minute); the checkpoint sum is taken in float64.
     """
     if not (len(train) == len(val) == len(weights)):
         raise ValueError("train, val and weights must have one entry per checkpoint")
-    n = train[0].shape[0]
-    sims = np.zeros((n, len(subtasks)))
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        for w, t, v in zip(weights, train, val):
-            block = np.asarray(t[start:stop], np.float64)
-            sims[start:stop] += w * (block if v is None else block @ np.asarray(v, np.float64).T)
-    return aggregate(sims, subtasks)
+    if len({len(blocks) for blocks in train}) != 1:
+        raise ValueError("every checkpoint must have the same row blocks")
+    device = device or torch.device("cpu")
+    targets = [None if v is None else torch.as_tensor(np.asarray(v, np.float32), device=device) for v in val]
+    sims = []
+    for b in range(len(train[0])):
+        total = None
+        for w, blocks, v in zip(weights, train, targets):
+            x = torch.from_numpy(np.ascontiguousarray(blocks[b])).to(device).float()
+            part = (x if v is None else x @ v.T).double() * float(w)
+            total = part if total is None else total + part
+        sims.append(total.cpu().numpy())
+    return aggregate(np.concatenate(sims), subtasks)

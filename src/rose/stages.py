@@ -24,7 +24,7 @@ from .grads.project import Projector, make_projector
 from .grads.transform import ExactCosines, ProjectedFeatures
 from .score import aggregate, checkpoint_weights, influence
 from .selection import top_fraction, write_selection
-from .store import StageDir, load_shards, read_json, save_array, shard_name, shard_ranges, write_json
+from .store import StageDir, open_shards, read_json, save_array, shard_name, shard_ranges, write_json
 from .train import train_lora
 
 log = logging.getLogger("rose")
@@ -186,12 +186,12 @@ def gradient_scores(run: Run) -> tuple[np.ndarray, np.ndarray, list[str], np.nda
     tm, vm = train_sd.manifest(), val_sd.manifest()
     ckpts = run.checkpoints()
     weights = checkpoint_weights([c.mean_lr() for c in ckpts])
-    train = [load_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in ckpts]
+    train = [open_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in ckpts]
     if tm["exact"]:  # the shards already hold cosines with each validation item
         val = [None] * len(ckpts)
     else:
         val = [np.load(val_sd.path / c.path.name / "grads.npy") for c in ckpts]
-    scores, per_subtask = influence(train, val, weights, vm["subtasks"])
+    scores, per_subtask = influence(train, val, weights, vm["subtasks"], run.device)
     return scores, per_subtask, list(dict.fromkeys(vm["subtasks"])), weights
 
 

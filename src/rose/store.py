@@ -180,8 +180,8 @@ def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
 
 
-def load_shards(folder: str | Path, n: int, shard_size: int) -> np.ndarray:
-    """Assemble a stage's shards, in order, into one [n, d] array; every shard must exist."""
+def open_shards(folder: str | Path, n: int, shard_size: int) -> list[np.ndarray]:
+    """A stage's shards in order, memory-mapped (read as they are used); every shard must exist."""
     parts = []
     for start, stop in shard_ranges(n, shard_size):
         file = Path(folder) / shard_name(start, stop)
@@ -191,4 +191,4 @@ def load_shards(folder: str | Path, n: int, shard_size: int) -> np.ndarray:
         if part.shape[0] != stop - start:
             raise RunDirError(f"gradient shard {file} has {part.shape[0]} rows, expected {stop - start}")
         parts.append(part)
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    return parts

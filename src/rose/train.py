@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,56 +97,48 @@ def train_lora(
         _restore(model, optimizer, checkpoints[done - 1], params)
         log(f"resuming after epoch {done} from {checkpoints[done - 1].path}")
     trainer = dist_ctx.wrap(ResponseLogprobs(model))
-    precision = lambda: _mixed_precision(model, device)  # noqa: E731
-    model.train()
-    bar = tqdm(total=total, initial=done * steps_per_epoch, desc="train", unit="step", disable=not dist_ctx.is_main)
-    for epoch in range(done, cfg.epochs):
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-        lrs, step_losses = [], []
-        for step in range(steps_per_epoch):
-            global_step = epoch * steps_per_epoch + step
-            lr = lr_at(global_step, total, cfg.lr, cfg.warmup_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            mine = batch[dist_ctx.rank :: dist_ctx.world]
-            loss_sum = _accumulate(trainer, [examples[i] for i in mine], examples[batch[0]], cfg.micro_batch_tokens,
-                                   len(batch) / dist_ctx.world, pad_id, device, precision)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            lrs.append(lr)
-            step_losses.append(loss_sum / len(batch))
-            bar.update(1)
-            if step % 25 == 0:  # reading the loss waits for the GPU, so only now and then
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(step_losses[-1]) * dist_ctx.world:.3f}")
-        losses = dist_ctx.sum(torch.stack(step_losses)).tolist()
-        if dist_ctx.is_main and (save_checkpoints or epoch == cfg.epochs - 1):
-            _save(model, optimizer, params, checkpoints[epoch], cfg, epoch + 1, global_step + 1, lrs, losses)
-        dist_ctx.barrier()
+    # Under a 16-bit base model the forward runs in that dtype over the float32 LoRA weights: autocast
+    # casts each weight once per forward, and peft's own cast of every adapter input to float32 (a
+    # copy of each activation, then float32 products) is switched off. Weights, gradients and AdamW
+    # moments stay float32.
+    compute_dtype = model.get_base_model().dtype
+    mixed = compute_dtype.itemsize < 4
+    with disable_input_dtype_casting(model, active=mixed):
+        model.train()
+        bar = tqdm(total=total, initial=done * steps_per_epoch, desc="train", unit="step", disable=not dist_ctx.is_main)
+        for epoch in range(done, cfg.epochs):
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+            lrs, step_losses = [], []
+            for step in range(steps_per_epoch):
+                global_step = epoch * steps_per_epoch + step
+                lr = lr_at(global_step, total, cfg.lr, cfg.warmup_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                mine = batch[dist_ctx.rank :: dist_ctx.world]
+                loss_sum = _accumulate(trainer, [examples[i] for i in mine], examples[batch[0]], cfg.micro_batch_tokens,
+                                       len(batch) / dist_ctx.world, pad_id, device,
+                                       compute_dtype if mixed else None)
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                lrs.append(lr)
+                step_losses.append(loss_sum / len(batch))
+                bar.update(1)
+                if step % 25 == 0:  # reading the loss waits for the GPU, so only now and then
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(step_losses[-1]) * dist_ctx.world:.3f}")
+            losses = dist_ctx.sum(torch.stack(step_losses)).tolist()
+            if dist_ctx.is_main and (save_checkpoints or epoch == cfg.epochs - 1):
+                _save(model, optimizer, params, checkpoints[epoch], cfg, epoch + 1, global_step + 1, lrs, losses)
+            dist_ctx.barrier()
     bar.close()
     model.eval()
     return checkpoints if save_checkpoints else checkpoints[-1:]
 
 
-def _mixed_precision(model: PeftModel, device: torch.device) -> ExitStack:
-    """Under a 16-bit base model, run the forward pass in that dtype over the float32 LoRA weights.
-
-    autocast casts each LoRA weight once per forward; peft's own cast of every adapter input to
-    float32 (a copy of each activation, then float32 matmuls) is switched off. The weights, their
-    gradients and AdamW's moments stay float32.
-    """
-    stack = ExitStack()
-    dtype = model.get_base_model().dtype
-    if dtype.itemsize < 4:
-        stack.enter_context(torch.autocast(device.type, dtype=dtype))
-        stack.enter_context(disable_input_dtype_casting(model))
-    return stack
-
-
 def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encoded, micro_tokens: int, scale: float,
-                pad_id: int, device: torch.device, precision: Callable[[], ExitStack]) -> torch.Tensor:
+                pad_id: int, device: torch.device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
     """Backward over micro-batches; returns this process's summed loss (for logging; a device tensor,
     so that no step waits for the GPU).
 
@@ -160,7 +152,7 @@ def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encod
         sync = k == len(chunks) - 1
         with (trainer.no_sync() if hasattr(trainer, "no_sync") and not sync else nullcontext()):
             batch = {key: v.to(device, non_blocking=True) for key, v in collate(chunk or [filler], pad_id).items()}
-            with precision():
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 losses = sft_losses(*trainer(batch)) * (1.0 if chunk else 0.0)
             (losses.sum() / scale).backward()
             total += losses.detach().sum()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..encoding import IGNORE
+from ..errors import ConfigError
 
 
 def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,14 +33,15 @@ def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(decoder, LM head) of a causal LM, through a PEFT wrapper; the head must be a plain projection.
 
     Families whose forward rescales or soft-caps the logits (Gemma 2/3, Cohere, Granite, ...) would
-    need that step here too, so they are refused rather than scored wrongly.
+    need that step here too, so they are refused (a one-line error) rather than scored wrongly.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
     for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
         value = getattr(config, name, None)
         if value not in (None, 1, 1.0):
-            raise NotImplementedError(f"{type(base).__name__} post-processes its logits ({name}={value}); rose does not support it yet")
+            raise ConfigError(f"model.name: {type(base).__name__} post-processes its logits ({name}={value}); "
+                              "rose does not support such models yet")
     return base.get_decoder(), base.get_output_embeddings()
 
 
