@@ -37,3 +37,19 @@ def test_token_batches_respect_budget_and_cover_everything():
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 100
     assert batches[0] == [5]  # the over-long example alone, first
+
+
+
+def test_token_batches_cut_where_padding_is_least():
+    """Greedy filling would put 100 with a 50 (50 tokens of padding) and the other three together;
+    the same two batches can be cut with no padding at all."""
+    lengths = [50, 100, 50, 50, 50]
+    batches = token_batches(lengths, 200)
+    assert batches == [[1], [0, 2, 3, 4]]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded == sum(lengths)
+
+
+def test_token_batches_do_not_split_equal_lengths_needlessly():
+    assert token_batches([10] * 8, 80) == [list(range(8))]
+    assert len(token_batches([10] * 16, 80)) == 2
