@@ -3,13 +3,17 @@
 #
 #   [ROSE_TIME_LIMIT=SECONDS] [WORKERS_PER_GPU=1] benchmarks/gpu_experiments.sh [KEY=VALUE ...]
 #
-# Extra overrides go to every command. 1) The shared stages (warm-up, pool gradients) and the SHP
-# ROSE variant run once under torchrun on every visible GPU. 2) Then WORKERS_PER_GPU `rose compare`
-# workers per task and GPU share the rest (so two processes per GPU by default: one SmolLM2 process
-# keeps an H100 busy only about half the time, and two fill it; four ran out of its 80 GB when
-# several evaluated at once). Stage folders are locked while written, so each worker takes what no
-# other holds, and a worker that dies leaves its variant to the others. Everything resumes: run the script again after an interruption; ROSE_TIME_LIMIT stops
-# it cleanly before a wall-clock limit.
+# Extra overrides go to every command.
+# 1) The shared stages (warm-up, pool gradients) run once under torchrun on every visible GPU
+#    (`rose compare --shared-only`).
+# 2) Then WORKERS_PER_GPU `rose compare` workers per task and GPU share the rest: two processes
+#    per GPU by default, since one SmolLM2 process keeps an H100 busy only about half the time and
+#    four ran out of its 80 GB when several evaluated at once. Stage folders are locked while
+#    written, so each worker takes what no other holds, and a worker that dies leaves its variant
+#    to the others.
+# Everything resumes: run the script again after an interruption; ROSE_TIME_LIMIT stops it cleanly
+# before a wall-clock limit. To keep variants measured earlier (docs/results/<task>/variants.json),
+# copy each to runs/<task>/compare/results.json first: variants listed there are not redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -20,8 +24,8 @@ gpus=$($py -c "import torch; print(max(1, torch.cuda.device_count()))")
 left() { if ((limit)); then echo $((limit - SECONDS)); else echo 999999; fi; }
 (($(left) > 20)) || { echo "time limit reached; run again to continue"; exit 3; }
 
-timeout "$(left)" $py -m torch.distributed.run --standalone --nproc-per-node "$gpus" -m rose compare configs/shp.yaml "$@" \
-    'compare.methods=[rose]' 'compare.budgets=[]' 'compare.shot_methods=[]'
+timeout "$(left)" $py -m torch.distributed.run --standalone --nproc-per-node "$gpus" -m rose compare --shared-only \
+    configs/shp.yaml "$@"
 
 mkdir -p runs
 pids=()

@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="Every selection method at the same budget, plus budget and few-shot sweeps.",
                        description="Run ROSE, LESS, random (several seeds), BM25, embedding similarity and the full pool "
                                    "(compare.methods), fine-tune each selection identically, evaluate, and write "
-                                   "run_dir/compare/report.md with plots. Shared stages are computed once; reruns resume.")
+                                   "run_dir/compare/report.md with plots. Shared stages are computed once; reruns resume. "
+                                   "Several processes (one per GPU) may share one comparison.")
+    p.add_argument("--shared-only", action="store_true",
+                   help="Only compute the stages every gradient variant shares (warm-up, pool gradients), e.g. under "
+                        "torchrun on all GPUs before starting one worker per GPU.")
     _add_config_args(p)
     p = sub.add_parser("demo", help="Run the built-in synthetic task end to end (SmolLM2 on CPU, a few minutes).",
                        description="Generate a synthetic pool with a planted skill and a preference set that rewards it, run "
@@ -94,8 +98,8 @@ def _run_demo(args: argparse.Namespace) -> None:
     print(table(summary_rows(summary)))
 
 
-def _run_compare(config) -> None:
-    from .compare import run_compare
+def _run_compare(config, shared_only: bool) -> None:
+    from .compare import prepare_shared, run_compare
     from .distributed import Dist
     from .report import compare_plots, method_summary, render_compare, table
     from .store import atomic_write_text, write_json
@@ -112,6 +116,9 @@ def _run_compare(config) -> None:
             write_json(config.compare.results_json, {"run_dir": config.run_dir, "methods": method_summary(results), "variants": results})
 
     dist = Dist.from_env()
+    if shared_only:
+        prepare_shared(config, dist)
+        return
     results = run_compare(config, on_result=write_report, dist=dist)
     if not dist.is_main:
         return
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False))
             return 0
         if args.command == "compare":
-            _run_compare(load_config(args.config, args.overrides))
+            _run_compare(load_config(args.config, args.overrides), args.shared_only)
             return 0
         from .pipeline import run_stages
         from .report import summary_rows, table

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import RunConfig
+from .config import GRADIENT_METHODS, RunConfig
 from .context import FOLDERS, Run, stages_for
 from .distributed import Dist
 from .pipeline import record_config, run_stages
@@ -111,6 +111,25 @@ def _add_result(file: Path, name: str, result: dict) -> dict[str, dict]:
     return results
 
 
+def prepare_shared(config: RunConfig, dist: Dist | None = None) -> None:
+    """Compute into the cache the stages that every gradient variant shares: the warm-up and the
+    pool's gradients (with the first variant's validation gradients, which are cheap). Run it
+    under torchrun on every GPU, then start workers for the rest."""
+    gradient = [v for v in variants(config) if v.method in GRADIENT_METHODS]
+    if not gradient:
+        return
+    run = Run(gradient[0].config, dist or Dist.from_env())
+    if run.dist.is_main:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        link_cache(run, _cache_dir(config))
+    run.dist.barrier()
+    run_stages(gradient[0].config, ["warmup", "val-grads", "train-grads"], base=run)
+
+
+def _cache_dir(config: RunConfig) -> Path:
+    return Path(config.compare.cache_dir) if config.compare.cache_dir else Path(config.run_dir) / "cache"
+
+
 def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> dict[str, dict]:
     """Run every variant not yet in results.json; call on_result(results) after each one.
 
@@ -120,7 +139,7 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
     """
     root = Path(config.run_dir)
     results_file = root / "compare" / "results.json"
-    cache = Path(config.compare.cache_dir) if config.compare.cache_dir else root / "cache"
+    cache = _cache_dir(config)
     base = Run(config, dist or Dist.from_env())
     alone = base.dist.world == 1  # a single process can step aside when a stage is busy
     if base.dist.is_main:
