@@ -84,12 +84,17 @@ def link_cache(run: Run, cache: Path) -> None:
         os.replace(tmp, link)  # also replaces a link left by an earlier config of this variant
 
 
-def run_variant(variant: Variant, cache: Path, base: Run, wait: bool = True) -> tuple[dict, Run]:
-    run = base.derive(variant.config)
+def _linked(run: Run, cache: Path) -> Run:
+    """The run with its stage folders linked into the cache (by the main process; all then wait)."""
     if run.dist.is_main:
         run.dir.mkdir(parents=True, exist_ok=True)
         link_cache(run, cache)
     run.dist.barrier()
+    return run
+
+
+def run_variant(variant: Variant, cache: Path, base: Run, wait: bool = True) -> tuple[dict, Run]:
+    run = _linked(base.derive(variant.config), cache)
     run = run_stages(variant.config, stages_for(variant.method), base=run, wait=wait)
     metrics = read_json(run.dir / FOLDERS["evaluate"] / "metrics.json")
     selection = read_json(run.dir / FOLDERS["select"] / "selection.json")
@@ -118,11 +123,7 @@ def prepare_shared(config: RunConfig, dist: Dist | None = None) -> None:
     gradient = [v for v in variants(config) if v.method in GRADIENT_METHODS]
     if not gradient:
         return
-    run = Run(gradient[0].config, dist or Dist.from_env())
-    if run.dist.is_main:
-        run.dir.mkdir(parents=True, exist_ok=True)
-        link_cache(run, _cache_dir(config))
-    run.dist.barrier()
+    run = _linked(Run(gradient[0].config, dist or Dist.from_env()), _cache_dir(config))
     run_stages(gradient[0].config, ["warmup", "val-grads", "train-grads"], base=run)
 
 

@@ -101,9 +101,9 @@ def train_lora(
     # casts each weight once per forward, and peft's own cast of every adapter input to float32 (a
     # copy of each activation, then float32 products) is switched off. Weights, gradients and AdamW
     # moments stay float32.
-    compute_dtype = model.get_base_model().dtype
-    mixed = compute_dtype.itemsize < 4
-    with disable_input_dtype_casting(model, active=mixed):
+    base_dtype = model.get_base_model().dtype
+    autocast_dtype = base_dtype if base_dtype.itemsize < 4 else None
+    with disable_input_dtype_casting(model, active=autocast_dtype is not None):
         model.train()
         bar = tqdm(total=total, initial=done * steps_per_epoch, desc="train", unit="step", disable=not dist_ctx.is_main)
         for epoch in range(done, cfg.epochs):
@@ -117,8 +117,7 @@ def train_lora(
                 batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 mine = batch[dist_ctx.rank :: dist_ctx.world]
                 loss_sum = _accumulate(trainer, [examples[i] for i in mine], examples[batch[0]], cfg.micro_batch_tokens,
-                                       len(batch) / dist_ctx.world, pad_id, device,
-                                       compute_dtype if mixed else None)
+                                       len(batch) / dist_ctx.world, pad_id, device, autocast_dtype)
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
                 optimizer.step()
