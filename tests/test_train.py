@@ -54,6 +54,43 @@ def test_resume_after_a_lost_epoch_gives_the_same_adapter(tokenizer, examples, t
     assert Checkpoint(tmp_path / "part" / "epoch-2").state()["lrs"] == full[1].state()["lrs"]
 
 
+def test_run_stopped_mid_epoch_resumes_to_the_same_weights(tokenizer, examples, tmp_path, monkeypatch):
+    """With dropout on, a run killed after 4 of its 6 steps restarts from its last resume point
+    (step 3, inside epoch 2) and ends with the adapter and moments of an uninterrupted run."""
+    settings = TrainSettings(epochs=2, lr=1e-3, batch_size=2, micro_batch_tokens=64, warmup_ratio=0.25, resume_every=1)
+
+    messages = []
+
+    def train(out):
+        torch.manual_seed(0)
+        model = add_lora(load_model(ModelConfig(device="cpu")), LoraSettings(r=2, alpha=8, dropout=0.1))
+        return train_lora(model, examples, settings, out, tokenizer.pad_token_id, 0, Dist(), save_checkpoints=False, log=messages.append)
+
+    full = train(tmp_path / "full")
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def failing_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", failing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "part")
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    resume = Checkpoint(tmp_path / "part" / "resume")
+    assert resume.state()["epoch"] == 1 and len(resume.state()["lrs"]) == 1  # 3 steps of epoch 1, then 1 of epoch 2
+    resumed = train(tmp_path / "part")
+    assert messages[-1].startswith("resuming epoch 2 after step 1") and not resume.path.exists()
+    a, b = (load_tensors(c[-1].adapter / "adapter_model.safetensors") for c in (full, resumed))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    ma, mb = (load_tensors(c[-1].path / "optimizer.safetensors") for c in (full, resumed))
+    assert all(torch.allclose(ma[k], mb[k], atol=1e-7) for k in ma)
+    assert resumed[-1].state()["lrs"] == full[-1].state()["lrs"]
+    assert resumed[-1].state()["losses"] == pytest.approx(full[-1].state()["losses"], rel=1e-5)
+
+
 def test_linear_schedule():
     lrs = [lr_at(s, 10, 1.0, 0.2) for s in range(10)]
     assert lrs[:2] == [0.5, 1.0] and lrs[-1] == pytest.approx(0.125) and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))

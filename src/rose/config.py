@@ -97,6 +97,8 @@ class TrainSettings:
     adam_betas: list[float] = _f([0.9, 0.999], "AdamW betas (also used for the Adam gradient direction).")
     adam_eps: float = _f(1e-8, "AdamW epsilon (also used for the Adam gradient direction).")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+    resume_every: int = _f(100, "Optimizer steps between resume points inside an epoch (0: only epoch ends): a run "
+                                "stopped mid-epoch restarts from the last one and ends with the same weights.")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "micro_batch_tokens"):

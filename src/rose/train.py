@@ -2,13 +2,17 @@
 
 Each checkpoint holds what the gradient stages need and what resuming needs: the adapter (PEFT
 format), the AdamW moments keyed by parameter name (never by position, the KeyError of LESS #4),
-and the learning rate of every step of that epoch. Under torchrun the model is wrapped in DDP and
-each process takes its share of every batch.
+and the learning rate of every step of that epoch. A `resume` folder of the same form is kept
+every `resume_every` steps inside an epoch, so a long epoch (a full-pool fine-tune) survives being
+stopped. Every step draws its dropout masks from a seed of its own, so a resumed run ends with the
+weights an uninterrupted one would have. Under torchrun the model is wrapped in DDP and each
+process takes its share of every batch.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -90,10 +94,20 @@ def train_lora(
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     checkpoints = [Checkpoint(out_dir / f"epoch-{e}") for e in range(1, cfg.epochs + 1)]
+    resume_point = Checkpoint(out_dir / "resume")
     done = 0
     while done < cfg.epochs and (checkpoints[done].path / "state.json").is_file():
         done += 1
-    if done:
+    first_step, lrs, step_losses = 0, [], []
+    # a resume point is newer than the last epoch checkpoint unless it is left from an earlier epoch
+    # (epoch checkpoints other than the last are not kept when save_checkpoints is off)
+    if done < cfg.epochs and (resume_point.path / "state.json").is_file() and resume_point.state()["epoch"] >= done:
+        _restore(model, optimizer, resume_point, params)
+        done, lrs = resume_point.state()["epoch"], resume_point.state()["lrs"]
+        first_step = len(lrs)
+        step_losses = [torch.tensor(x / dist_ctx.world, device=device) for x in resume_point.state()["losses"]]
+        log(f"resuming epoch {done + 1} after step {first_step} from {resume_point.path}")
+    elif done:
         _restore(model, optimizer, checkpoints[done - 1], params)
         log(f"resuming after epoch {done} from {checkpoints[done - 1].path}")
     trainer = dist_ctx.wrap(ResponseLogprobs(model))
@@ -105,12 +119,13 @@ def train_lora(
     autocast_dtype = base_dtype if base_dtype.itemsize < 4 else None
     with disable_input_dtype_casting(model, active=autocast_dtype is not None):
         model.train()
-        bar = tqdm(total=total, initial=done * steps_per_epoch, desc="train", unit="step", disable=not dist_ctx.is_main)
+        bar = tqdm(total=total, initial=done * steps_per_epoch + first_step, desc="train", unit="step",
+                   disable=not dist_ctx.is_main)
         for epoch in range(done, cfg.epochs):
             order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-            lrs, step_losses = [], []
-            for step in range(steps_per_epoch):
+            for step in range(first_step, steps_per_epoch):
                 global_step = epoch * steps_per_epoch + step
+                torch.manual_seed(_step_seed(seed, global_step, dist_ctx.rank))  # this step's dropout masks
                 lr = lr_at(global_step, total, cfg.lr, cfg.warmup_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -127,13 +142,25 @@ def train_lora(
                 bar.update(1)
                 if step % 25 == 0:  # reading the loss waits for the GPU, so only now and then
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(step_losses[-1]) * dist_ctx.world:.3f}")
+                if cfg.resume_every and (step + 1) % cfg.resume_every == 0 and step + 1 < steps_per_epoch:
+                    losses = dist_ctx.sum(torch.stack(step_losses)).tolist()
+                    if dist_ctx.is_main:
+                        _save(model, optimizer, params, resume_point, cfg, epoch, global_step + 1, lrs, losses)
+                    dist_ctx.barrier()
             losses = dist_ctx.sum(torch.stack(step_losses)).tolist()
-            if dist_ctx.is_main and (save_checkpoints or epoch == cfg.epochs - 1):
-                _save(model, optimizer, params, checkpoints[epoch], cfg, epoch + 1, global_step + 1, lrs, losses)
+            if dist_ctx.is_main:
+                if save_checkpoints or epoch == cfg.epochs - 1:
+                    _save(model, optimizer, params, checkpoints[epoch], cfg, epoch + 1, global_step + 1, lrs, losses)
+                shutil.rmtree(resume_point.path, ignore_errors=True)
             dist_ctx.barrier()
+            first_step, lrs, step_losses = 0, [], []
     bar.close()
     model.eval()
     return checkpoints if save_checkpoints else checkpoints[-1:]
+
+
+def _step_seed(seed: int, global_step: int, rank: int) -> int:
+    return (seed * 1_000_003 + global_step) * 1_009 + rank
 
 
 def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encoded, micro_tokens: int, scale: float,
