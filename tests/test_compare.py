@@ -68,6 +68,24 @@ def test_stages_are_shared_by_key_and_a_rerun_does_nothing(compared):
     assert (run / "compare/results.json").stat().st_mtime_ns == before
 
 
+def test_report_only_rewrites_the_report_from_results_json(compared):
+    """As after copying results.json back from a GPU machine: report, plots and summary come back
+    from the results alone, and no variant runs (results.json is left as it was)."""
+    out = compared / "run/compare"
+    report, summary = (out / "report.md").read_text(), (compared / "results/demo.json").read_text()
+    for f in [out / "report.md", out / "budget.png", compared / "results/demo.json"]:
+        f.unlink()
+    before = (out / "results.json").stat().st_mtime_ns
+    assert main(["compare", str(compared / "compare.yaml"), "--report-only"]) == 0
+    assert (out / "report.md").read_text() == report and (compared / "results/demo.json").read_text() == summary
+    assert (out / "budget.png").stat().st_size > 1000 and (out / "results.json").stat().st_mtime_ns == before
+
+
+def test_report_only_without_results_is_a_clear_error(compared, tmp_path, capsys):
+    assert main(["compare", str(compared / "compare.yaml"), f"run_dir={tmp_path}", "--report-only"]) == 2
+    assert "no results to report" in capsys.readouterr().err
+
+
 def test_a_worker_steps_aside_while_another_process_holds_a_stage(compared, monkeypatch, caplog):
     """A second worker on the same comparison skips a variant whose stage is held, then finishes it."""
     monkeypatch.setattr(compare, "POLL_SECONDS", 0.2)

@@ -58,9 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(compare.methods), fine-tune each selection identically, evaluate, and write "
                                    "run_dir/compare/report.md with plots. Shared stages are computed once; reruns resume. "
                                    "Several processes (one per GPU) may share one comparison.")
-    p.add_argument("--shared-only", action="store_true",
-                   help="Only compute the stages every gradient variant shares (warm-up, pool gradients), e.g. under "
-                        "torchrun on all GPUs before starting one worker per GPU.")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--shared-only", action="store_true",
+                      help="Only compute the stages every gradient variant shares (warm-up, pool gradients), e.g. under "
+                           "torchrun on all GPUs before starting one worker per GPU.")
+    mode.add_argument("--report-only", action="store_true",
+                      help="Run nothing: rewrite report.md, the plots and compare.results_json from "
+                           "run_dir/compare/results.json (e.g. one copied back from a GPU machine).")
     _add_config_args(p)
     p = sub.add_parser("demo", help="Run the built-in synthetic task end to end (SmolLM2 on CPU, a few minutes).",
                        description="Generate a synthetic pool with a planted skill and a preference set that rewards it, run "
@@ -98,11 +102,12 @@ def _run_demo(args: argparse.Namespace) -> None:
     print(table(summary_rows(summary)))
 
 
-def _run_compare(config, shared_only: bool) -> None:
+def _run_compare(config, shared_only: bool, report_only: bool) -> None:
     from .compare import prepare_shared, run_compare
     from .distributed import Dist
+    from .errors import RunDirError
     from .report import compare_plots, method_summary, render_compare, table
-    from .store import atomic_write_text, write_json
+    from .store import atomic_write_text, read_json, write_json
 
     out = Path(config.run_dir) / "compare"
 
@@ -115,6 +120,12 @@ def _run_compare(config, shared_only: bool) -> None:
         if config.compare.results_json:
             write_json(config.compare.results_json, {"run_dir": config.run_dir, "methods": method_summary(results), "variants": results})
 
+    if report_only:
+        if not (out / "results.json").is_file():
+            raise RunDirError(f"{out / 'results.json'}: no results to report; run `rose compare` first")
+        write_report(read_json(out / "results.json"))
+        print(f"report: {out / 'report.md'}")
+        return
     dist = Dist.from_env()
     if shared_only:
         prepare_shared(config, dist)
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False))
             return 0
         if args.command == "compare":
-            _run_compare(load_config(args.config, args.overrides), args.shared_only)
+            _run_compare(load_config(args.config, args.overrides), args.shared_only, args.report_only)
             return 0
         from .pipeline import run_stages
         from .report import summary_rows, table

@@ -25,7 +25,7 @@ import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
 
-from .config import GRADIENT_METHODS, PreferenceSource, RunConfig, expand_globs
+from .config import GRADIENT_METHODS, PreferenceSource, RunConfig, TrainSettings, expand_globs
 from .distributed import Dist
 from .encoding import Encoded, encode_example, encode_pair, encode_test
 from .errors import InputError, RunDirError
@@ -58,6 +58,12 @@ def sample_indices(n: int, k: int | None, seed: int) -> list[int]:
     if k is None or k >= n:
         return list(range(n))
     return sorted(np.random.default_rng(seed).choice(n, size=k, replace=False).tolist())
+
+
+def _training_key(settings: TrainSettings) -> dict:
+    """A training section as it enters stage keys: how often resume points are saved does not
+    change the weights, so it does not make a finished stage stale."""
+    return {k: v for k, v in asdict(settings).items() if k != "resume_every"}
 
 
 def _prompt_key(prompt: tuple) -> str:
@@ -223,7 +229,7 @@ class Run:
         data = fingerprint([self._files_digest(self.pool_files), c.data.pool_limit, c.seed, model])
         validation = fingerprint([data, asdict(c.data.validation), self._files_digest(expand_globs(c.data.validation.paths)),
                                   c.data.empty_responses])
-        warm = fingerprint([data, asdict(c.lora), asdict(c.warmup)])
+        warm = fingerprint([data, asdict(c.lora), _training_key(c.warmup)])
         proj = {k: v for k, v in asdict(c.gradients).items() if k not in ("batch_tokens", "dpo_beta")}
         val = fingerprint([warm, proj, c.gradients.dpo_beta, c.select.method, validation])
         train = fingerprint([warm, proj, val if c.gradients.projection == "none" else None])
@@ -238,7 +244,7 @@ class Run:
                    self._files_digest(expand_globs(c.data.heldout.paths + c.data.test + c.data.heldout_exclude))]
         # the held-out set depends on the validation prompts only when those are excluded from it
         reference = fingerprint([data, heldout, validation if c.data.heldout_exclude_validation else None])
-        tune = fingerprint([select, asdict(c.lora), asdict(c.finetune)])
+        tune = fingerprint([select, asdict(c.lora), _training_key(c.finetune)])
         evaluate = fingerprint([tune, reference, validation, c.gradients.dpo_beta, asdict(c.eval.judge)])
         return {"warmup": warm, "val-grads": val, "train-grads": train, "score": score, "select": select,
                 "reference": reference, "finetune": tune, "evaluate": evaluate}
