@@ -101,11 +101,11 @@ def train_lora(
     first_step, lrs, step_losses = 0, [], []
     # a resume point is newer than the last epoch checkpoint unless it is left from an earlier epoch
     # (epoch checkpoints other than the last are not kept when save_checkpoints is off)
-    if done < cfg.epochs and (resume_point.path / "state.json").is_file() and resume_point.state()["epoch"] >= done:
+    resume = resume_point.state() if (resume_point.path / "state.json").is_file() else None
+    if done < cfg.epochs and resume is not None and resume["epoch"] >= done:
         _restore(model, optimizer, resume_point, params)
-        done, lrs = resume_point.state()["epoch"], resume_point.state()["lrs"]
-        first_step = len(lrs)
-        step_losses = [torch.tensor(x / dist_ctx.world, device=device) for x in resume_point.state()["losses"]]
+        done, lrs, first_step = resume["epoch"], resume["lrs"], len(resume["lrs"])
+        step_losses = [torch.tensor(x / dist_ctx.world, device=device) for x in resume["losses"]]
         log(f"resuming epoch {done + 1} after step {first_step} from {resume_point.path}")
     elif done:
         _restore(model, optimizer, checkpoints[done - 1], params)
