@@ -2,7 +2,8 @@
 
 Reads the variants of finished comparisons (`docs/results/<task>/variants.json`), prints each
 task's Pearson and Spearman correlation between a source's share and held-out preference
-accuracy, and draws one scatter per task (one colour per method, as in the compare report).
+accuracy, and draws one scatter per task (one colour per method, as in the compare report). The
+full-pool run is left out: it selects nothing, so its shares are the pool's own.
 
     python benchmarks/source_vs_accuracy.py --source chat --out docs/results/source_vs_accuracy
 """
@@ -34,7 +35,7 @@ def main() -> None:
     summary = {}
     for ax, task in zip(axes[0], args.tasks):
         variants = json.loads((Path(args.results) / task / "variants.json").read_text())
-        rows = [v for v in variants.values() if args.source in v["sources"]]
+        rows = [v for v in variants.values() if args.source in v["sources"] and v["method"] != "full"]
         share = [v["sources"][args.source]["share"] for v in rows]
         acc = [v["heldout_pref_acc"] for v in rows]
         ranks = [np.argsort(np.argsort(x)) for x in (share, acc)]
