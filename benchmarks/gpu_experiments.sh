@@ -4,13 +4,13 @@
 #   [ROSE_TIME_LIMIT=SECONDS] [WORKERS_PER_GPU=1] benchmarks/gpu_experiments.sh [KEY=VALUE ...]
 #
 # Extra overrides go to every command.
-# 1) The shared stages (warm-up, pool gradients) run once under torchrun on every visible GPU
-#    (`rose compare --shared-only`).
-# 2) Then WORKERS_PER_GPU `rose compare` workers per task and GPU share the rest: two processes
-#    per GPU by default, since one SmolLM2 process keeps an H100 busy only about half the time and
-#    four ran out of its 80 GB when several evaluated at once. Stage folders are locked while
-#    written, so each worker takes what no other holds, and a worker that dies leaves its variant
-#    to the others.
+# 1) The shared and largest work (warm-up, pool gradients, the full-pool fine-tune that both tasks
+#    evaluate) runs once under torchrun on every visible GPU (`rose compare --shared-only`).
+# 2) Then WORKERS_PER_GPU `rose compare` workers per task and GPU share the rest (one by default:
+#    two fill an H100 better, since one SmolLM2 process keeps it busy only about half the time,
+#    but two workers ran out of memory once in session 3 and four in session 2). Stage folders
+#    are locked while written, so each worker takes what no other holds, and a worker that dies
+#    leaves its variant to the others.
 # Everything resumes: run the script again after an interruption; ROSE_TIME_LIMIT stops it cleanly
 # before a wall-clock limit. To keep variants measured earlier (docs/results/<task>/variants.json),
 # copy each to runs/<task>/compare/results.json first: variants listed there are not redone.

@@ -127,14 +127,14 @@ def test_a_held_folder_lock_raises_stage_busy_without_waiting(tmp_path):
         pass
 
 
-def test_shared_only_computes_the_warmup_and_pool_gradients_and_nothing_else(tmp_path, demo_files):
+def test_shared_only_computes_the_warmup_pool_gradients_and_full_fine_tune_and_nothing_else(tmp_path, demo_files):
     config = tiny_config(tmp_path / "run", demo_files, **{"warmup.epochs": 1})
     config_file = tmp_path / "compare.yaml"
     body = json.loads(json.dumps(__import__("dataclasses").asdict(config)))
-    body["compare"] = {"methods": ["random", "rose", "less"], "budgets": [], "shots": {}}
+    body["compare"] = {"methods": ["random", "rose", "less", "full"], "budgets": [], "shots": {}}
     config_file.write_text(json.dumps(body))
     assert main(["compare", "--shared-only", str(config_file)]) == 0
     manifests = (tmp_path / "run/cache").glob("*/manifest.json")
     done = {m.parent.name.rsplit("-", 1)[0] for m in manifests if json.loads(m.read_text()).get("complete")}
-    assert done == {"warmup", "val-grads", "train-grads"}
+    assert done == {"warmup", "val-grads", "train-grads", "score", "select", "finetune"}
     assert not (tmp_path / "run/compare/results.json").exists()

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Several processes (one per GPU) may share one comparison.")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--shared-only", action="store_true",
-                      help="Only compute the stages every gradient variant shares (warm-up, pool gradients), e.g. under "
-                           "torchrun on all GPUs before starting one worker per GPU.")
+                      help="Only compute the shared and largest work (warm-up, pool gradients, the full-pool fine-tune), "
+                           "e.g. under torchrun on all GPUs before starting one worker per GPU.")
     mode.add_argument("--report-only", action="store_true",
                       help="Run nothing: rewrite report.md, the plots and compare.results_json from "
                            "run_dir/compare/results.json (e.g. one copied back from a GPU machine).")

@@ -117,14 +117,16 @@ def _add_result(file: Path, name: str, result: dict) -> dict[str, dict]:
 
 
 def prepare_shared(config: RunConfig, dist: Dist | None = None) -> None:
-    """Compute into the cache the stages that every gradient variant shares: the warm-up and the
-    pool's gradients (with the first variant's validation gradients, which are cheap). Run it
-    under torchrun on every GPU, then start workers for the rest."""
-    gradient = [v for v in variants(config) if v.method in GRADIENT_METHODS]
-    if not gradient:
-        return
-    run = _linked(Run(gradient[0].config, dist or Dist.from_env()), _cache_dir(config))
-    run_stages(gradient[0].config, ["warmup", "val-grads", "train-grads"], base=run)
+    """Compute into the cache the work that is shared or too big for one worker: the warm-up and
+    the pool's gradients (with the first variant's validation gradients, which are cheap), then
+    the full-pool fine-tune, which every task with the same pool reuses. Run it under torchrun on
+    every GPU, then start workers for the rest."""
+    dist = dist or Dist.from_env()
+    todo = [(v, ["warmup", "val-grads", "train-grads"]) for v in variants(config) if v.method in GRADIENT_METHODS][:1]
+    todo += [(v, ["score", "select", "finetune"]) for v in variants(config) if v.method == "full"]
+    for variant, stages in todo:
+        run = _linked(Run(variant.config, dist), _cache_dir(config))
+        run_stages(variant.config, stages, base=run)
 
 
 def _cache_dir(config: RunConfig) -> Path:
