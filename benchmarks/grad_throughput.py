@@ -10,9 +10,14 @@ Prints a table and writes JSON. Modes, all on the same examples and card:
   less_loop      one example per backward pass, full gradient flattened, Adam direction, dense
                  projection to d dims (the fused Triton kernel; TRAK's fast_jl plays this part in LESS)
   forward        batched forward only, no gradients (a lower bound on any method's time)
-  batched_fwd_bwd  batched forward + backward of the summed loss, no per-example gradients
-  engine_<proj>  rose: batched per-example gradients, Adam direction, projection (sparse / dense),
-                 or exact cosines with M unprojected targets (none)
+  batched_fwd_bwd  batched forward + backward of the summed loss, no per-example gradients, in
+                 padded batches cut by `token_batches` (how training batches)
+  packed_fwd_bwd   the same in packed rows (`token_packs`, varlen attention): the engine's layout
+  engine_<proj>  rose: packed per-example gradients, Adam direction, projection (sparse / dense),
+                 or exact cosines with M unprojected targets (exact)
+
+Before timing, the engine's per-example gradients on the device are checked against the
+one-example-at-a-time reference (`grads.reference`) on a few examples.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from rose.config import LoraSettings
-from rose.encoding import Encoded, collate, token_batches
-from rose.grads import engine
+from rose.encoding import Encoded, collate, pack, token_batches, token_packs
+from rose.grads import engine, reference
 from rose.grads.adam import AdamMoments, adam_direction
 from rose.grads.losses import response_logprobs, sft_losses
 from rose.grads.project import DenseProjector, SparseProjector
@@ -163,8 +168,20 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
     for p in plist:
         p.grad = None
 
+    check = examples[:4]
+    want = torch.stack(list(reference.sft_grads(model, plist, check, pad))).float()
+    got = torch.zeros_like(want)
+    for idx, parts in engine.sft_grads(model, names, check, budget, device):
+        got[idx] = torch.cat(list(parts), dim=1).float()
+    err = float(((got - want).norm(dim=1) / want.norm(dim=1)).max())
+    results["engine_vs_reference_max_rel_err"] = err
+    print(f"  {arch:14s} packed engine vs one-at-a-time reference: max relative error {err:.1e} ({dtype})", flush=True)
+    for p in plist:
+        p.grad = None
+
     batches = token_batches([len(e) for e in examples], budget)
-    results["batches"] = len(batches)
+    packs = token_packs([len(e) for e in examples], budget)
+    results["batches"], results["packs"] = len(batches), len(packs)
     results["padding_fraction"] = 1 - tokens / sum(len(b) * max(len(examples[i]) for i in b) for b in batches)
 
     def forward_only() -> None:
@@ -177,14 +194,19 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad).items()}
             torch.autograd.grad(sft_losses(*response_logprobs(model, batch)).sum(), plist)
 
+    def packed_fwd_bwd() -> None:
+        for idx in packs:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in pack([examples[i] for i in idx]).items()}
+            torch.autograd.grad(sft_losses(*response_logprobs(model, batch)).sum(), plist)
+
     def engine_pass(sink) -> None:
-        for _, parts in engine.sft_grads(model, names, examples, pad, budget, device):
+        for _, parts in engine.sft_grads(model, names, examples, budget, device):
             sink(parts)
 
     sinks = {"engine_sparse": ProjectedFeatures(SparseProjector(segments, args.dim, 0), moments),
              "engine_dense": ProjectedFeatures(dense, moments),
              "engine_exact": ExactCosines(targets, moments)}
-    for name, fn in [("forward", forward_only), ("batched_fwd_bwd", fwd_bwd),
+    for name, fn in [("forward", forward_only), ("batched_fwd_bwd", fwd_bwd), ("packed_fwd_bwd", packed_fwd_bwd),
                      *[(k, (lambda s=s: engine_pass(s))) for k, s in sinks.items()]]:
         fn()  # warm-up
         seconds, peak = timed(fn, device)

@@ -57,7 +57,7 @@ def measure(args) -> None:
         out = {}
         for start, stop in mine:
             feats = np.zeros((stop - start, args.dim), dtype=np.float32)
-            for idx, parts in engine.sft_grads(model, names, examples[start:stop], 0, args.batch_tokens, device):
+            for idx, parts in engine.sft_grads(model, names, examples[start:stop], args.batch_tokens, device):
                 feats[idx] = sink(parts).float().cpu().numpy()
             out[start] = feats
         return out

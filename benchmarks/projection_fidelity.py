@@ -75,7 +75,7 @@ def main() -> None:
         for name, projector in projectors.items():
             sinks[name] = ProjectedFeatures(projector, moments)
             val_features[name] = ProjectedFeatures(projector)([t.float() for t in targets])
-        for idx, parts in engine.sft_grads(run.model, run.param_names, examples, run.pad_id, config.gradients.batch_tokens, run.device):
+        for idx, parts in engine.sft_grads(run.model, run.param_names, examples, config.gradients.batch_tokens, run.device):
             parts = list(parts)
             for name, sink in sinks.items():
                 torch.cuda.synchronize() if run.device.type == "cuda" else None

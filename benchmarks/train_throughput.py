@@ -77,8 +77,8 @@ def main() -> None:
         record(f"train_micro{micro}", seconds, peak)
     set_adapter_dtype(model, dtype)
     model.eval()
-    engine.sequence_logprobs(model, warm, 0, args.eval_tokens, device)
-    seconds, peak = timed(lambda: engine.sequence_logprobs(model, examples, 0, args.eval_tokens, device), device)
+    engine.sequence_logprobs(model, warm, args.eval_tokens, device)
+    seconds, peak = timed(lambda: engine.sequence_logprobs(model, examples, args.eval_tokens, device), device)
     record("eval_logprobs", seconds, peak)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

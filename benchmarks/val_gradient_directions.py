@@ -40,14 +40,14 @@ def directions(config_path: str, overrides: list[str], adapter: str | None) -> d
     run = Run(load_config(config_path, overrides))
     if adapter:
         run.load_adapter(Path(adapter))
-    model, names, pad = run.model, run.param_names, run.pad_id
+    model, names = run.model, run.param_names
     pairs, encoded = run.validation_set
     budget = run.config.gradients.batch_tokens
     with model.disable_adapter():
-        ref, _ = engine.sequence_logprobs(model, [s for p in encoded for s in p], pad, budget, run.device)
-    dpo = _collect(engine.dpo_grads(model, names, encoded, ref.view(-1, 2), 0.1, pad, budget, run.device), len(pairs))
-    chosen = _collect(engine.sft_grads(model, names, [c for c, _ in encoded], pad, budget, run.device), len(pairs))
-    rejected = _collect(engine.sft_grads(model, names, [r for _, r in encoded], pad, budget, run.device), len(pairs))
+        ref, _ = engine.sequence_logprobs(model, [s for p in encoded for s in p], budget, run.device)
+    dpo = _collect(engine.dpo_grads(model, names, encoded, ref.view(-1, 2), 0.1, budget, run.device), len(pairs))
+    chosen = _collect(engine.sft_grads(model, names, [c for c, _ in encoded], budget, run.device), len(pairs))
+    rejected = _collect(engine.sft_grads(model, names, [r for _, r in encoded], budget, run.device), len(pairs))
     n_c = torch.tensor([len(c) - c.n_prompt for c, _ in encoded], dtype=torch.float64)
     n_r = torch.tensor([len(r) - r.n_prompt for _, r in encoded], dtype=torch.float64)
     # SFT gradients are of the mean NLL; scale back to summed log-probs to compare their sizes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rose.encoding import IGNORE, collate, encode, render, token_batches
+from rose.encoding import IGNORE, Encoded, collate, encode, pack, render, token_batches, token_packs
 from rose.errors import InputError
 from rose.formats import Origin
 
@@ -53,3 +53,22 @@ def test_token_batches_cut_where_padding_is_least():
 def test_token_batches_do_not_split_equal_lengths_needlessly():
     assert token_batches([10] * 8, 80) == [list(range(8))]
     assert len(token_batches([10] * 16, 80)) == 2
+
+
+def test_pack_restarts_positions_and_labels_only_responses():
+    batch = pack([Encoded((5, 6, 7, 8), 2), Encoded((9, 10, 11), 1)])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
+    assert batch["sequence_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1]]
+    assert batch["cu_seq_lens"].tolist() == [0, 4, 7] and batch["max_length"] == 4
+    # the second sequence's first token is never a target: the first sequence's end must not predict it
+    assert batch["labels"].tolist() == [[IGNORE, IGNORE, 7, 8, IGNORE, 10, 11]]
+
+
+def test_token_packs_fill_the_budget_longest_first_and_cover_everything():
+    lengths = [5, 50, 7, 49, 20, 300, 21, 6]
+    packs = token_packs(lengths, 100)
+    assert sorted(i for p in packs for i in p) == list(range(len(lengths)))
+    assert packs[0] == [5]  # the over-long example alone, first
+    assert all(sum(lengths[i] for i in p) <= 100 for p in packs[1:])
+    assert len(packs) == 1 + -(-sum(lengths[i] for i in range(8) if i != 5) // 100)  # no pack left half-empty here

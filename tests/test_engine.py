@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import lora_model
 
-from rose.encoding import collate, encode
+from rose.encoding import collate, encode, pack
 from rose.errors import ConfigError
 from rose.formats import Origin
 from rose.grads import engine, reference
@@ -49,7 +49,7 @@ def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
     expected = torch.stack(list(reference.sft_grads(exact, list(lora_parameters(exact).values()), examples, tokenizer.pad_token_id)))
     got = torch.zeros_like(expected)
     batches = 0
-    for idx, parts in engine.sft_grads(model, list(params), examples, tokenizer.pad_token_id, 10_000, torch.device("cpu")):
+    for idx, parts in engine.sft_grads(model, list(params), examples, 10_000, torch.device("cpu")):
         got[idx] = torch.cat(list(parts), dim=1).to(got.dtype)
         batches += 1
     assert batches == 1 and expected.shape == (5, sum(p.numel() for p in params.values()))
@@ -63,13 +63,13 @@ def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
     ex = _examples(tokenizer)
     pairs = [(ex[0], ex[1]), (ex[2], ex[3]), (ex[4], ex[1])]
     with model.disable_adapter():
-        ref, _ = engine.sequence_logprobs(model, [s for p in pairs for s in p], tokenizer.pad_token_id, 10_000, torch.device("cpu"))
+        ref, _ = engine.sequence_logprobs(model, [s for p in pairs for s in p], 10_000, torch.device("cpu"))
     ref = ref.view(-1, 2)
     exact = _float64_copy(model)
     expected = torch.stack(list(reference.dpo_grads(exact, list(lora_parameters(exact).values()), pairs, ref, 0.1,
                                                     tokenizer.pad_token_id)))
     got = torch.zeros_like(expected)
-    for idx, parts in engine.dpo_grads(model, list(params), pairs, ref, 0.1, tokenizer.pad_token_id, 10_000, torch.device("cpu")):
+    for idx, parts in engine.dpo_grads(model, list(params), pairs, ref, 0.1, 10_000, torch.device("cpu")):
         got[idx] = torch.cat(list(parts), dim=1).to(got.dtype)
     assert expected.norm(dim=1).min() > 0
     assert _rel_err(got, expected) < tol
@@ -80,24 +80,26 @@ def test_small_token_budget_splits_batches_without_changing_results(tokenizer):
     names = list(lora_parameters(model))
     examples = _examples(tokenizer)
     flat = lambda batches: [(idx, torch.cat(list(p), dim=1)) for idx, p in batches]
-    (idx, g_all), = flat(engine.sft_grads(model, names, examples, tokenizer.pad_token_id, 10_000, torch.device("cpu")))
-    singles = flat(engine.sft_grads(model, names, examples, tokenizer.pad_token_id, 60, torch.device("cpu")))
+    (idx, g_all), = flat(engine.sft_grads(model, names, examples, 10_000, torch.device("cpu")))
+    singles = flat(engine.sft_grads(model, names, examples, 60, torch.device("cpu")))
     assert len(singles) == len(examples)  # a budget of 60 tokens fits one example per batch
     for idx_one, g in singles:
         assert torch.allclose(g[0], g_all[idx.index(idx_one[0])], rtol=1e-9, atol=1e-12)
 
 
-def test_response_logprobs_match_the_models_own_logits(tokenizer):
-    """Gathering response positions before the LM head gives the log-probs of the full forward pass."""
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_response_logprobs_match_the_models_own_logits(tokenizer, layout):
+    """Gathering response positions before the LM head gives the log-probs of a full forward pass
+    of each example alone, whether the batch is padded or packed (attention stays inside each
+    packed sequence)."""
     model = lora_model("float64")
     examples = _examples(tokenizer)
-    batch = collate(examples, tokenizer.pad_token_id)
+    batch = collate(examples, tokenizer.pad_token_id) if layout == "padded" else pack(examples)
     logp, counts = response_logprobs(model, batch)
-    with torch.no_grad():
-        full = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
     for i, e in enumerate(examples):
-        positions = range(e.n_prompt - 1, len(e) - 1)
-        want = sum(float(full[i, t, e.input_ids[t + 1]]) for t in positions)
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=torch.tensor([e.input_ids])).logits[0], -1)
+        want = sum(float(full[t, e.input_ids[t + 1]]) for t in range(e.n_prompt - 1, len(e) - 1))
         assert counts[i] == len(e) - e.n_prompt
         assert abs(float(logp[i]) - want) < 1e-8 * max(1.0, abs(want))
 

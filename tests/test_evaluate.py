@@ -39,7 +39,7 @@ def test_sequence_logprobs_match_a_direct_forward(tokenizer):
     model = lora_model(seed=3)
     seqs = [encode(tokenizer, ({"role": "user", "content": q},), a, 96, Origin("t"))
             for q, a in [("Say yes.", "Yes."), ("Capital of France?", "Paris, the capital, on the Seine.")]]
-    logps, counts = sequence_logprobs(model, seqs, tokenizer.pad_token_id, 4096, torch.device("cpu"))
+    logps, counts = sequence_logprobs(model, seqs, 4096, torch.device("cpu"))
     for seq, lp, n in zip(seqs, logps, counts):
         batch = collate([seq], tokenizer.pad_token_id)
         with torch.no_grad():

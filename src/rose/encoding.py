@@ -1,4 +1,4 @@
-"""Turn records into token ids: chat template, prompt/response split, truncation, padding.
+"""Turn records into token ids: chat template, prompt/response split, truncation, padding or packing.
 
 Pool examples and preference pairs go through the same rendering (the tokenizer's chat template,
 or a plain `<|user|>`/`<|assistant|>` layout for models without one), so the SFT gradients of the
@@ -88,6 +88,46 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         mask[i, : len(e)] = 1
         labels[i, e.n_prompt : len(e)] = row[e.n_prompt :]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack(batch: Sequence[Encoded]) -> dict[str, torch.Tensor | int]:
+    """Concatenate sequences into one row with no padding (the gradient engine's layout).
+
+    position_ids restart at 0 for each sequence and cu_seq_lens [B+1] marks where each starts,
+    so attention stays inside a sequence (`grads.attention`); sequence_ids [1, T] says which
+    sequence each position belongs to. A sequence's first token gets no label: in a padded row
+    nothing predicts it, and here the previous sequence's last position must not.
+    """
+    lengths = torch.tensor([len(e) for e in batch], dtype=torch.long)
+    ids = torch.tensor([t for e in batch for t in e.input_ids], dtype=torch.long)
+    starts = torch.cumsum(lengths, 0) - lengths
+    sequence_ids = torch.repeat_interleave(torch.arange(len(batch)), lengths)
+    positions = torch.arange(len(ids)) - starts[sequence_ids]
+    n_prompt = torch.tensor([max(1, e.n_prompt) for e in batch])[sequence_ids]
+    labels = torch.where(positions >= n_prompt, ids, IGNORE)
+    cu_seq_lens = torch.zeros(len(batch) + 1, dtype=torch.int32)
+    cu_seq_lens[1:] = torch.cumsum(lengths, 0)
+    return {"input_ids": ids[None], "labels": labels[None], "position_ids": positions[None],
+            "sequence_ids": sequence_ids[None], "cu_seq_lens": cu_seq_lens, "max_length": int(lengths.max())}
+
+
+def token_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group indices into packs of at most `max_tokens` tokens, longest examples first.
+
+    Packs carry no padding, so any grouping costs the same tokens; sorting by length keeps the
+    members of a pack alike, which keeps the per-example gradient step (`grads.engine`, where a
+    pack is laid out as [B, longest, ...]) small. An example longer than the budget gets a pack
+    of its own.
+    """
+    packs: list[list[int]] = []
+    used = max_tokens
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if used + lengths[i] > max_tokens:
+            packs.append([])
+            used = 0
+        packs[-1].append(i)
+        used += lengths[i]
+    return packs
 
 
 def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

@@ -93,9 +93,9 @@ def validation_grads(run: Run, sink, reference: torch.Tensor) -> torch.Tensor:
     pairs, encoded = run.validation_set
     out = torch.zeros(len(pairs), sink.out_dim, dtype=torch.float64)
     if run.config.select.method == "less":
-        batches = engine.sft_grads(run.model, run.param_names, [c for c, _ in encoded], run.pad_id, cfg.batch_tokens, run.device)
+        batches = engine.sft_grads(run.model, run.param_names, [c for c, _ in encoded], cfg.batch_tokens, run.device)
     else:
-        batches = engine.dpo_grads(run.model, run.param_names, encoded, reference, cfg.dpo_beta, run.pad_id, cfg.batch_tokens, run.device)
+        batches = engine.dpo_grads(run.model, run.param_names, encoded, reference, cfg.dpo_beta, cfg.batch_tokens, run.device)
     for idx, parts in batches:
         out[idx] = sink(parts).double().cpu()
     return out
@@ -119,7 +119,7 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     pairs, encoded = run.validation_set
     with run.model.disable_adapter():
         flat = [s for pair in encoded for s in pair]
-        ref, _ = engine.sequence_logprobs(run.model, flat, run.pad_id, cfg.batch_tokens, run.device)
+        ref, _ = engine.sequence_logprobs(run.model, flat, cfg.batch_tokens, run.device)
     reference = ref.view(-1, 2)
     save_array(sd.path / "reference_logps.npy", reference.numpy())
     if cfg.projection != "none":  # exact scoring recomputes full validation gradients in train-grads
@@ -168,7 +168,7 @@ def train_grads(run: Run) -> None:
         for start, stop in todo:
             # unit vectors lose nothing that matters in float16; cosines stay float32
             out = np.zeros((stop - start, sink.out_dim), dtype=np.float32 if exact else np.float16)
-            for idx, parts in engine.sft_grads(run.model, run.param_names, encoded[start:stop], run.pad_id, cfg.batch_tokens, run.device):
+            for idx, parts in engine.sft_grads(run.model, run.param_names, encoded[start:stop], cfg.batch_tokens, run.device):
                 out[idx] = sink(parts).float().cpu().numpy()
                 bar.update(len(idx))
             save_array(folder / shard_name(start, stop), out)
@@ -275,7 +275,7 @@ def _evaluation_logprobs(run: Run, sets: tuple[str, ...]) -> dict[str, tuple[np.
         if not items:
             continue
         seqs = [s for pair in items for s in pair] if name != "test" else items
-        logps, counts = engine.sequence_logprobs(run.model, seqs, run.pad_id, budget, run.device)
+        logps, counts = engine.sequence_logprobs(run.model, seqs, budget, run.device)
         shape = (-1, 2) if name != "test" else (-1,)
         out[name] = (logps.view(*shape).double().numpy(), counts.view(*shape).numpy())
     return out

@@ -7,12 +7,14 @@ import torch.nn.functional as F
 
 from ..encoding import IGNORE
 from ..errors import ConfigError
+from .attention import packed_attention
 
 
-def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of each row's response tokens, and their count.
+def response_logprobs(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each sequence's response tokens, and their count.
 
-    batch: input_ids, attention_mask, labels [B, T] (labels IGNORE outside the response).
+    batch: padded (`encoding.collate`: input_ids, attention_mask, labels [B, T]) or packed
+    (`encoding.pack`: B sequences in one row). Labels are IGNORE outside the response.
     Returns (logp_sum [B] float32, n_tokens [B]). The vocabulary-sized logits are formed only at
     the response positions: the decoder's hidden states there are gathered and sent through the LM
     head, so prompt and padding positions cost no logits, no softmax and no memory for either.
@@ -20,13 +22,20 @@ def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
     targets = batch["labels"][:, 1:]  # position t predicts token t+1
     rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
     decoder, head = lm_parts(model)
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    if "cu_seq_lens" in batch:
+        cu, longest = batch["cu_seq_lens"], batch["max_length"]
+        with packed_attention(decoder):
+            hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                             cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest).last_hidden_state
+        owner, n_seqs = batch["sequence_ids"][:, 1:][rows, cols], cu.numel() - 1
+    else:
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+        owner, n_seqs = rows, targets.shape[0]
     logits = head(hidden[rows, cols])  # [K, V] for the K response tokens of the batch
     logits = logits.float() if logits.dtype.itemsize < 4 else logits  # softmax of bf16 logits in float32
     nll = F.cross_entropy(logits, targets[rows, cols], reduction="none")
-    n_rows = targets.shape[0]
-    logp = torch.zeros(n_rows, dtype=nll.dtype, device=nll.device).index_add_(0, rows, -nll)
-    return logp, torch.bincount(rows, minlength=n_rows)
+    logp = torch.zeros(n_seqs, dtype=nll.dtype, device=nll.device).index_add_(0, owner, -nll)
+    return logp, torch.bincount(owner, minlength=n_seqs)
 
 
 def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
