@@ -121,7 +121,7 @@ class GradientConfig:
     dim: int = _f(32768, "Projected dimension (stored as float16). 32768 keeps influence scores within Spearman "
                          "0.97 of exact on SmolLM2/SHP; the paper's 8192 gave 0.92 (docs/benchmarks.md).")
     seed: int = _f(0, "Projection seed; the same matrix in every process and run.")
-    batch_tokens: int = _f(4096, "Token budget of one gradient batch (examples are bucketed by length).")
+    batch_tokens: int = _f(4096, "Tokens in one gradient or evaluation pass (examples are packed into rows with no padding).")
     shard_size: int = _f(1024, "Examples per gradient shard file (the unit of resume).")
     dpo_beta: float = _f(0.1, "DPO beta for the validation gradient.")
 
