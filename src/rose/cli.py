@@ -174,3 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rose: interrupted; finished shards and stages are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        from .distributed import leave_process_group
+
+        leave_process_group()

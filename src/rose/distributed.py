@@ -66,3 +66,9 @@ class Dist:
 
     def _collective_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def leave_process_group() -> None:
+    """Under torchrun, leave the process group at exit (NCCL warns of leaked resources otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
