@@ -14,7 +14,9 @@ Prints a table and writes JSON. Modes, all on the same examples and card:
                  padded batches cut by `token_batches` (how training batches)
   packed_fwd_bwd   the same in packed rows (`token_packs`, varlen attention): the engine's layout
   engine_<proj>  rose: packed per-example gradients, Adam direction, projection (sparse / dense),
-                 or exact cosines with M unprojected targets (exact)
+                 or exact cosines with M unprojected targets (exact); on a GPU the sparse mode
+                 runs the Adam direction and the sketch as one compiled kernel, and
+                 engine_sparse_unfused does them op by op
 
 Before timing, the engine's per-example gradients on the device are checked against the
 one-example-at-a-time reference (`grads.reference`) on a few examples.
@@ -179,6 +181,15 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
     results["engine_vs_reference_min_cosine"] = min(cosines)
     print(f"  {arch:14s} packed engine vs one-at-a-time reference ({dtype}), per example (one pack): relative error "
           f"{' '.join(f'{e:.1e}' for e in errs)}, cosine {' '.join(f'{c:.4f}' for c in cosines)}", flush=True)
+    sparse = SparseProjector(segments, args.dim, 0)
+    for _, parts in engine.sft_grads(model, names, check, budget, device):
+        parts = [p.clone() for p in parts]
+        fused = ProjectedFeatures(sparse, moments)(iter(parts))
+        unfused = ProjectedFeatures(sparse, moments, fuse=False)(iter(parts))
+    fuse_err = float((fused - unfused).abs().max())
+    results["fused_vs_unfused_max_abs_diff"] = fuse_err
+    print(f"  {arch:14s} fused vs op-by-op Adam direction + sketch: max abs difference {fuse_err:.1e} (unit vectors)", flush=True)
+    del parts
     for p in plist:
         p.grad = None
 
@@ -206,7 +217,8 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
         for _, parts in engine.sft_grads(model, names, examples, budget, device):
             sink(parts)
 
-    sinks = {"engine_sparse": ProjectedFeatures(SparseProjector(segments, args.dim, 0), moments),
+    sinks = {"engine_sparse": ProjectedFeatures(sparse, moments),
+             "engine_sparse_unfused": ProjectedFeatures(sparse, moments, fuse=False),
              "engine_dense": ProjectedFeatures(dense, moments),
              "engine_exact": ExactCosines(targets, moments)}
     for name, fn in [("forward", forward_only), ("batched_fwd_bwd", fwd_bwd), ("packed_fwd_bwd", packed_fwd_bwd),

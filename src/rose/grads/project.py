@@ -92,7 +92,7 @@ class SparseProjector(Projector):
         super().__init__(segments, out_dim, seed)
         self._tables: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor, int]] = {}
 
-    def _table(self, segment: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def table(self, segment: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(coordinate order, signs, coordinates per bucket) of one segment, built once per device."""
         key = (segment, device)
         if key not in self._tables:
@@ -105,10 +105,14 @@ class SparseProjector(Projector):
         return self._tables[key]
 
     def project(self, part: torch.Tensor, segment: int) -> torch.Tensor:
-        order, signs, per_bucket = self._table(segment, part.device)
-        padded = torch.nn.functional.pad(part.float(), (0, order.numel() - part.shape[1]))
-        picked = padded.index_select(1, order).mul_(signs)  # [B, d * per_bucket]
-        return picked.view(part.shape[0], self.out_dim, per_bucket).sum(dim=2)
+        return sketch(part, *self.table(segment, part.device))
+
+
+def sketch(part: torch.Tensor, order: torch.Tensor, signs: torch.Tensor, per_bucket: int) -> torch.Tensor:
+    """[B, D] -> [B, d] with a SparseProjector segment's table (d = len(order) / per_bucket)."""
+    padded = torch.nn.functional.pad(part.float(), (0, order.numel() - part.shape[1]))
+    picked = padded.index_select(1, order) * signs  # [B, d * per_bucket]
+    return picked.view(part.shape[0], -1, per_bucket).sum(dim=2)
 
 
 PROJECTIONS = {"dense": DenseProjector, "sparse": SparseProjector}
