@@ -6,6 +6,7 @@ full per-example gradients is alive at once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 
 from .adam import AdamMoments, adam_direction, direction
 from .project import Projector, SparseProjector, sketch
+
+log = logging.getLogger("rose")
 
 
 def _direction_sketch(g, exp_avg, exp_avg_sq, beta1, beta2, eps, order, signs, per_bucket):
@@ -45,16 +48,24 @@ class ProjectedFeatures:
     def __call__(self, parts: Iterable[torch.Tensor]) -> torch.Tensor:
         out = None
         for k, g in enumerate(parts):
-            if self.fuse and g.is_cuda:
-                a = self.adam[k]
-                p = _fused_direction_sketch(g, a.exp_avg, a.exp_avg_sq, a.beta1, a.beta2, a.eps,
-                                            *self.projector.table(k, g.device))
-            else:
+            p = self._fused(g, k) if self.fuse and g.is_cuda else None
+            if p is None:
                 if self.adam is not None:
                     g = adam_direction(g, self.adam[k])
                 p = self.projector.project(g, k)
             out = p if out is None else out.add_(p)
         return F.normalize(out, dim=1)
+
+    def _fused(self, g: torch.Tensor, k: int) -> torch.Tensor | None:
+        """The compiled kernel's result, or None (op by op from then on) where compiling fails,
+        e.g. on a machine without a working Triton."""
+        a = self.adam[k]
+        try:
+            return _fused_direction_sketch(g, a.exp_avg, a.exp_avg_sq, a.beta1, a.beta2, a.eps, *self.projector.table(k, g.device))
+        except Exception as e:  # noqa: BLE001 - any compiler failure: the op-by-op path gives the same values
+            log.warning("fused Adam direction + sketch unavailable (%s: %s); continuing op by op", type(e).__name__, e)
+            self.fuse = False
+            return None
 
 
 class ExactCosines:
