@@ -94,5 +94,5 @@ def test_compiled_adam_direction_and_sketch_match_the_op_by_op_path():
         g = torch.randn(n, proj.segments[k], dtype=torch.bfloat16)
         state = AdamMoments(torch.randn(proj.segments[k]) * 1e-3, torch.rand(proj.segments[k]) * 1e-6, 0.9, 0.999, 1e-8)
         want = proj.project(adam_direction(g, state), k)
-        got = _fused_direction_sketch(g, state.exp_avg, state.exp_avg_sq, 0.9, 0.999, 1e-8, *proj.table(k, g.device))
+        got = _fused_direction_sketch()(g, state.exp_avg, state.exp_avg_sq, 0.9, 0.999, 1e-8, *proj.table(k, g.device))
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))

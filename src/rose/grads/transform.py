@@ -6,6 +6,7 @@ full per-example gradients is alive at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -22,10 +23,13 @@ def _direction_sketch(g, exp_avg, exp_avg_sq, beta1, beta2, eps, order, signs, p
     return sketch(direction(g, exp_avg, exp_avg_sq, beta1, beta2, eps), order, signs, per_bucket)
 
 
-# On a GPU the Adam direction and the sparse sketch are one compiled kernel: done op by op they
-# are a dozen passes over every per-example gradient value (session 4 profile of the 8B engine:
-# element-wise work and copies were a third of its GPU time).
-_fused_direction_sketch = torch.compile(_direction_sketch, dynamic=True)
+@functools.cache
+def _fused_direction_sketch():
+    """On a GPU the Adam direction and the sparse sketch are one compiled kernel: done op by op
+    they are a dozen passes over every per-example gradient value (session 4 profile of the 8B
+    engine: element-wise work and copies were a third of its GPU time). Compiled on first use, so
+    that importing rose does not load the compiler (2 s)."""
+    return torch.compile(_direction_sketch, dynamic=True)
 
 
 class ProjectedFeatures:
@@ -61,7 +65,7 @@ class ProjectedFeatures:
         e.g. on a machine without a working Triton."""
         a = self.adam[k]
         try:
-            return _fused_direction_sketch(g, a.exp_avg, a.exp_avg_sq, a.beta1, a.beta2, a.eps, *self.projector.table(k, g.device))
+            return _fused_direction_sketch()(g, a.exp_avg, a.exp_avg_sq, a.beta1, a.beta2, a.eps, *self.projector.table(k, g.device))
         except Exception as e:  # noqa: BLE001 - any compiler failure: the op-by-op path gives the same values
             log.warning("fused Adam direction + sketch unavailable (%s: %s); continuing op by op", type(e).__name__, e)
             self.fuse = False
