@@ -121,9 +121,9 @@ def prepare_shared(config: RunConfig, dist: Dist | None = None) -> None:
     the pool's gradients (with the first variant's validation gradients, which are cheap), then
     the full-pool fine-tune, which every task with the same pool reuses. Run it under torchrun on
     every GPU, then start workers for the rest."""
-    dist = dist or Dist.from_env()
-    todo = [(v, ["warmup", "val-grads", "train-grads"]) for v in variants(config) if v.method in GRADIENT_METHODS][:1]
-    todo += [(v, ["score", "select", "finetune"]) for v in variants(config) if v.method == "full"]
+    dist, every = dist or Dist.from_env(), variants(config)
+    todo = [(v, ["warmup", "val-grads", "train-grads"]) for v in every if v.method in GRADIENT_METHODS][:1]
+    todo += [(v, ["score", "select", "finetune"]) for v in every if v.method == "full"]
     for variant, stages in todo:
         run = _linked(Run(variant.config, dist), _cache_dir(config))
         run_stages(variant.config, stages, base=run)
