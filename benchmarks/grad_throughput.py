@@ -13,10 +13,12 @@ Prints a table and writes JSON. Modes, all on the same examples and card:
   batched_fwd_bwd  batched forward + backward of the summed loss, no per-example gradients, in
                  padded batches cut by `token_batches` (how training batches)
   packed_fwd_bwd   the same in packed rows (`token_packs`, varlen attention): the engine's layout
-  engine_<proj>  rose: packed per-example gradients, Adam direction, projection (sparse / dense),
-                 or exact cosines with M unprojected targets (exact); on a GPU the sparse mode
-                 runs the Adam direction and the sketch as one compiled kernel, and
-                 engine_sparse_unfused does them op by op
+  engine_<proj>  rose as the gradient stages run it: packed per-example gradients, Adam direction,
+                 projection (sparse / dense), or exact cosines with M unprojected targets
+                 (exact); on a GPU the decoder's LoRA-free blocks are compiled
+                 (`models.compile_lora_free_blocks`) and the sparse mode runs the Adam
+                 direction and the sketch as one Triton kernel (engine_sparse_unfused: op by op)
+  engine_sparse_eager, packed_fwd_bwd: the same before the blocks are compiled
 
 Before timing, the engine's per-example gradients on the device are checked against the
 one-example-at-a-time reference (`grads.reference`) on a few examples.
@@ -42,7 +44,7 @@ from rose.grads.adam import AdamMoments, adam_direction
 from rose.grads.losses import response_logprobs, sft_losses
 from rose.grads.project import DenseProjector, SparseProjector
 from rose.grads.transform import ExactCosines, ProjectedFeatures
-from rose.models import add_lora, lora_parameters, set_adapter_dtype
+from rose.models import add_lora, compile_lora_free_blocks, lora_parameters, set_adapter_dtype
 
 ARCHS = {
     "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -172,15 +174,19 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
 
     check = examples[:4]
     want = torch.stack(list(reference.sft_grads(model, plist, check, pad))).float()
-    got = torch.zeros_like(want)
-    for idx, parts in engine.sft_grads(model, names, check, budget, device):
-        got[idx] = torch.cat(list(parts), dim=1).float()
-    errs = ((got - want).norm(dim=1) / want.norm(dim=1)).tolist()
-    cosines = torch.nn.functional.cosine_similarity(got, want, dim=1).tolist()
-    results["engine_vs_reference_max_rel_err"] = max(errs)
-    results["engine_vs_reference_min_cosine"] = min(cosines)
-    print(f"  {arch:14s} packed engine vs one-at-a-time reference ({dtype}), per example (one pack): relative error "
-          f"{' '.join(f'{e:.1e}' for e in errs)}, cosine {' '.join(f'{c:.4f}' for c in cosines)}", flush=True)
+
+    def check_engine(label: str) -> None:
+        got = torch.zeros_like(want)
+        for idx, parts in engine.sft_grads(model, names, check, budget, device):
+            got[idx] = torch.cat(list(parts), dim=1).float()
+        errs = ((got - want).norm(dim=1) / want.norm(dim=1)).tolist()
+        cosines = torch.nn.functional.cosine_similarity(got, want, dim=1).tolist()
+        results[f"engine{label}_vs_reference_max_rel_err"] = max(errs)
+        results[f"engine{label}_vs_reference_min_cosine"] = min(cosines)
+        print(f"  {arch:14s} packed engine{label} vs one-at-a-time reference ({dtype}), per example (one pack): relative error "
+              f"{' '.join(f'{e:.1e}' for e in errs)}, cosine {' '.join(f'{c:.4f}' for c in cosines)}", flush=True)
+
+    check_engine("_eager")
     sparse = SparseProjector(segments, args.dim, 0)
     for _, parts in engine.sft_grads(model, names, check, budget, device):
         parts = [p.clone() for p in parts]
@@ -221,8 +227,14 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
              "engine_sparse_unfused": ProjectedFeatures(sparse, moments, fuse=False),
              "engine_dense": ProjectedFeatures(dense, moments),
              "engine_exact": ExactCosines(targets, moments)}
-    for name, fn in [("forward", forward_only), ("batched_fwd_bwd", fwd_bwd), ("packed_fwd_bwd", packed_fwd_bwd),
-                     *[(k, (lambda s=s: engine_pass(s))) for k, s in sinks.items()]]:
+    eager = [("forward", forward_only), ("batched_fwd_bwd", fwd_bwd), ("packed_fwd_bwd", packed_fwd_bwd),
+             ("engine_sparse_eager", lambda: engine_pass(sinks["engine_sparse"]))]
+    compiled = [("packed_fwd_bwd_compiled", packed_fwd_bwd), *[(k, (lambda s=s: engine_pass(s))) for k, s in sinks.items()]]
+    for name, fn in eager + (compiled if device.type == "cuda" else []):
+        if name == compiled[0][0]:  # as the gradient stages run on a GPU (gradients.compile_blocks)
+            print(f"  {arch:14s} compiled {compile_lora_free_blocks(model)} LoRA-free blocks", flush=True)
+            check_engine("")
+            fn()  # a second warm-up: dynamic-shape recompiles
         fn()  # warm-up
         seconds, peak = timed(fn, device)
         record(name, seconds, peak, len(examples), tokens)
@@ -235,6 +247,8 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
         print(prof.key_averages().table(sort_by=sort, row_limit=25), flush=True)
     results["modes"] = modes
     base_rate = modes["less_loop"]["examples_per_s"]
+    if "engine_sparse" not in modes:  # CPU: no compiled blocks
+        modes["engine_sparse"] = modes["engine_sparse_eager"]
     best = max((k for k in modes if k.startswith("engine_") and k != "engine_exact"), key=lambda k: modes[k]["examples_per_s"])
     results["baseline_examples_per_s"] = base_rate
     results["baseline_noproj_examples_per_s"] = modes["less_loop_noproj"]["examples_per_s"]

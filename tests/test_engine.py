@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import lora_model
 
-from rose.encoding import collate, encode, pack
+from rose.encoding import Encoded, collate, encode, pack
 from rose.errors import ConfigError
 from rose.formats import Origin
 from rose.grads import engine, reference
@@ -109,3 +109,48 @@ def test_models_that_rescale_their_logits_are_refused():
     model.get_base_model().config.final_logit_softcapping = 30.0
     with pytest.raises(ConfigError, match="post-processes its logits"):
         lm_parts(model)
+
+
+@pytest.mark.parametrize("dtype,width", [(torch.float32, 8), (torch.float64, 8), (torch.float32, 3)])
+def test_per_sequence_products_sum_each_sequences_tokens(dtype, width):
+    """Both routes (the grouped GEMM for aligned float32 rows, the loop for float64 or odd widths)
+    give each sequence's own sum of outer products, whatever the sequence lengths."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = [5, 1, 17, 9]
+    dy, x = torch.randn(sum(lengths), 12, generator=gen, dtype=dtype), torch.randn(sum(lengths), width, generator=gen, dtype=dtype)
+    ends = torch.tensor(lengths).cumsum(0).to(torch.int32)
+    got = engine.per_sequence_products(dy, x, ends)
+    start = 0
+    for b, n in enumerate(lengths):
+        want = dy[start : start + n].t() @ x[start : start + n]
+        assert torch.allclose(got[b], want, rtol=1e-6, atol=1e-6)
+        start += n
+
+
+def test_compiled_lora_free_blocks_leave_per_example_grads_unchanged():
+    """Compiling the norms and MLPs (as the gradient stages do on a GPU) keeps the LoRA layers
+    visible to the engine's hooks: the same per-example gradients, on a small random Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rose.config import LoraSettings
+    from rose.models import add_lora, compile_lora_free_blocks
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=256)
+    model = add_lora(LlamaForCausalLM(config), LoraSettings(r=4, alpha=16, dropout=0.0)).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    names = list(lora_parameters(model))
+    gen = torch.Generator().manual_seed(1)
+    examples = [Encoded(tuple(torch.randint(0, 128, (n,), generator=gen).tolist()), p) for n, p in [(9, 3), (17, 5), (30, 12)]]
+
+    def grads():
+        (idx, g), = [(idx, torch.cat(list(parts), dim=1)) for idx, parts in engine.sft_grads(model, names, examples, 1000, torch.device("cpu"))]
+        return g[torch.argsort(torch.tensor(idx))]
+
+    eager = grads()
+    assert compile_lora_free_blocks(model) == 2 * 3 + 1  # per layer: two norms and the MLP; the final norm
+    assert compile_lora_free_blocks(model) == 0  # already compiled
+    assert _rel_err(grads(), eager) < 1e-5

@@ -50,6 +50,8 @@ def test_sparse_buckets_are_balanced_signed_and_reproducible():
     proj = SparseProjector(SEGMENTS, 64, seed=5)
     order, _, per_bucket = proj.table(0, torch.device("cpu"))
     assert per_bucket == 16 and sorted(order.tolist()) == list(range(1024))
+    # chunk k (coordinates k*64 .. k*64+63) is spread over all 64 buckets: one coordinate each
+    assert all(sorted(chunk.tolist()) == list(range(k * 64, k * 64 + 64)) for k, chunk in enumerate(order.view(16, 64)))
     one_hot = torch.eye(sum(SEGMENTS))
     out = proj(one_hot)  # each coordinate lands in exactly one bucket with a +-1 sign
     assert torch.equal(out.abs().sum(dim=1), torch.ones(sum(SEGMENTS))) and set(out.unique().tolist()) == {-1.0, 0.0, 1.0}
@@ -85,14 +87,26 @@ def test_the_gpu_kernel_computes_the_same_matrix():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_compiled_adam_direction_and_sketch_match_the_op_by_op_path():
-    """The fused kernel ProjectedFeatures uses on a GPU, compiled here for the CPU: same values."""
-    from rose.grads.transform import _fused_direction_sketch
-
-    proj = SparseProjector([3000, 700], 128, seed=1)
-    for k, n in [(0, 3), (1, 5)]:  # different shapes and bucket sizes through one compiled function
-        g = torch.randn(n, proj.segments[k], dtype=torch.bfloat16)
-        state = AdamMoments(torch.randn(proj.segments[k]) * 1e-3, torch.rand(proj.segments[k]) * 1e-6, 0.9, 0.999, 1e-8)
-        want = proj.project(adam_direction(g, state), k)
-        got = _fused_direction_sketch()(g, state.exp_avg, state.exp_avg_sq, 0.9, 0.999, 1e-8, *proj.table(k, g.device))
-        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+def test_fused_adam_sketch_kernel_matches_the_op_by_op_path():
+    """The Triton kernel ProjectedFeatures uses on a GPU, run by Triton's CPU interpreter, against
+    adam_direction + sketch: with and without Adam, bf16 and float32 input, padded chunks."""
+    script = (
+        "import torch\n"
+        "from rose.grads.adam import AdamMoments, adam_direction\n"
+        "from rose.grads.project import SparseProjector\n"
+        "from rose.grads.sketch_triton import adam_sketch\n"
+        "proj = SparseProjector([3000, 700, 100], 128, seed=1)\n"
+        "gen = torch.Generator().manual_seed(0)\n"
+        "for k, n, dtype in [(0, 3, torch.bfloat16), (1, 5, torch.float32), (2, 2, torch.float32)]:\n"
+        "    D = proj.segments[k]\n"
+        "    g = torch.randn(n, D, generator=gen).to(dtype)\n"
+        "    state = AdamMoments(torch.randn(D, generator=gen) * 1e-3, torch.rand(D, generator=gen) * 1e-6, 0.9, 0.999, 1e-8)\n"
+        "    for moments, x in [((state.exp_avg, state.exp_avg_sq, 0.9, 0.999, 1e-8), adam_direction(g, state)), (None, g)]:\n"
+        "        want = proj.project(x, k)\n"
+        "        got = adam_sketch(g, *proj.table(k, g.device), moments)\n"
+        "        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max())), (k, (got - want).abs().max())\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -123,6 +123,8 @@ class GradientConfig:
     seed: int = _f(0, "Projection seed; the same matrix in every process and run.")
     batch_tokens: int = _f(4096, "Tokens in one gradient or evaluation pass (examples are packed into rows with no padding).")
     shard_size: int = _f(1024, "Examples per gradient shard file (the unit of resume).")
+    compile_blocks: bool = _f(True, "On a GPU, torch.compile the decoder's norms and MLPs for the gradient passes "
+                                    "(+16% on an 8B model; a one-off compile of tens of seconds).")
     dpo_beta: float = _f(0.1, "DPO beta for the validation gradient.")
 
     def __post_init__(self) -> None:

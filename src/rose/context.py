@@ -30,7 +30,16 @@ from .distributed import Dist
 from .encoding import Encoded, encode_example, encode_pair, encode_test
 from .errors import InputError, RunDirError
 from .formats import Example, PreferencePair, read_pool, read_preferences, read_test_prompts
-from .models import add_lora, load_adapter_weights, load_model, load_tokenizer, lora_parameters, set_adapter_dtype
+from .grads.project import MAP_VERSION
+from .models import (
+    add_lora,
+    compile_lora_free_blocks,
+    load_adapter_weights,
+    load_model,
+    load_tokenizer,
+    lora_parameters,
+    set_adapter_dtype,
+)
 from .store import StageDir, file_digest, fingerprint
 from .train import Checkpoint
 
@@ -201,6 +210,12 @@ class Run:
                 module.reset_lora_parameters("default", True)
         return self.model
 
+    def compile_for_gradients(self) -> None:
+        """On a GPU, with gradients.compile_blocks, compile the model's LoRA-free blocks (once)."""
+        if self.device.type == "cuda" and self.config.gradients.compile_blocks:
+            if n := compile_lora_free_blocks(self.model):
+                log.info("compiling %d LoRA-free decoder blocks for the gradient passes", n)
+
     @cached_property
     def param_names(self) -> list[str]:
         return list(lora_parameters(self.model))
@@ -230,7 +245,7 @@ class Run:
         validation = fingerprint([data, asdict(c.data.validation), self._files_digest(expand_globs(c.data.validation.paths)),
                                   c.data.empty_responses])
         warm = fingerprint([data, asdict(c.lora), _training_key(c.warmup)])
-        proj = {k: v for k, v in asdict(c.gradients).items() if k not in ("batch_tokens", "dpo_beta")}
+        proj = {k: v for k, v in asdict(c.gradients).items() if k not in ("batch_tokens", "compile_blocks", "dpo_beta")} | {"map": MAP_VERSION}
         val = fingerprint([warm, proj, c.gradients.dpo_beta, c.select.method, validation])
         train = fingerprint([warm, proj, val if c.gradients.projection == "none" else None])
         method = c.select.method

@@ -114,10 +114,8 @@ def pack(batch: Sequence[Encoded]) -> dict[str, torch.Tensor | int]:
 def token_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Group indices into packs of at most `max_tokens` tokens, longest examples first.
 
-    Packs carry no padding, so any grouping costs the same tokens; sorting by length keeps the
-    members of a pack alike, which keeps the per-example gradient step (`grads.engine`, where a
-    pack is laid out as [B, longest, ...]) small. An example longer than the budget gets a pack
-    of its own.
+    Packs carry no padding, so any grouping costs the same tokens; taking the longest first
+    fills each pack close to the budget. An example longer than the budget gets a pack of its own.
     """
     packs: list[list[int]] = []
     used = max_tokens

@@ -178,3 +178,25 @@ def set_adapter_dtype(model: PeftModel, dtype: torch.dtype) -> None:
 def lora_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
     """The trainable LoRA parameters by name, in model order: the space gradients live in."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def compile_lora_free_blocks(model: PeftModel) -> int:
+    """torch.compile, in place, every block of each decoder layer that holds no LoRA layer and is
+    not attention (with Llama: both norms and the MLP), and the final norm. Returns how many were
+    compiled by this call (none when they already are).
+
+    Eager, their element-wise work (float32 RMSNorm, SiLU gate, residual casts) is a string of
+    memory-bound kernels; compiled, each block's is one or two, which made the 8B gradient
+    benchmark 16% faster. LoRA layers stay eager: the gradient engine's hooks watch them, and
+    compiled code would hide the tensors it needs. Attention stays eager for its packed kernel.
+    Shapes are dynamic (packs differ in length), so one compilation serves every pack.
+    """
+    decoder = model.get_base_model().get_decoder()
+    blocks = [child for layer in getattr(decoder, "layers", []) for name, child in layer.named_children()
+              if "attn" not in name and not any("lora_" in n for n, _ in child.named_modules())]
+    if isinstance(getattr(decoder, "norm", None), torch.nn.Module):
+        blocks.append(decoder.norm)
+    todo = [b for b in blocks if getattr(b, "_compiled_call_impl", None) is None]  # set by Module.compile
+    for block in todo:
+        block.compile(dynamic=True)
+    return len(todo)

@@ -61,7 +61,7 @@ def influence(
     for b in range(len(train[0])):
         total = None
         for w, blocks, v in zip(weights, train, targets):
-            x = torch.from_numpy(np.ascontiguousarray(blocks[b])).to(device).float()
+            x = torch.tensor(blocks[b], device=device).float()  # a copy: the shards are read-only memmaps
             part = (x if v is None else x @ v.T).double() * float(w)
             total = part if total is None else total + part
         sims.append(total.cpu().numpy())

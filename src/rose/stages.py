@@ -117,6 +117,7 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     cfg = run.config.gradients
     ckpts = run.checkpoints()
     pairs, encoded = run.validation_set
+    run.compile_for_gradients()
     with run.model.disable_adapter():
         flat = [s for pair in encoded for s in pair]
         ref, _ = engine.sequence_logprobs(run.model, flat, cfg.batch_tokens, run.device)
@@ -148,6 +149,7 @@ def train_grads(run: Run) -> None:
         sd.begin()
     run.dist.barrier()
     projector, encoded = (None if exact else _projector(run)), run.pool_encoded
+    run.compile_for_gradients()
     shards = shard_ranges(len(encoded), cfg.shard_size)
     mine = [s for i, s in enumerate(shards) if i % run.dist.world == run.dist.rank]
     started = time.perf_counter()

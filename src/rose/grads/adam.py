@@ -33,13 +33,7 @@ def adam_direction(grads: torch.Tensor, state: AdamMoments) -> torch.Tensor:
 
     This is the step Adam would take on each example alone (no bias correction, as in LESS/ROSE).
     """
-    return direction(grads, state.exp_avg, state.exp_avg_sq, state.beta1, state.beta2, state.eps)
-
-
-def direction(grads: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-              beta1: float, beta2: float, eps: float) -> torch.Tensor:
-    """`adam_direction` on plain tensors and numbers, which is what `torch.compile` wants to see."""
     g = grads.to(torch.promote_types(grads.dtype, torch.float32))
-    m = beta1 * exp_avg + (1 - beta1) * g
-    v = beta2 * exp_avg_sq + (1 - beta2) * g.square()
-    return m / torch.sqrt(v + eps)
+    m = state.beta1 * state.exp_avg + (1 - state.beta1) * g
+    v = state.beta2 * state.exp_avg_sq + (1 - state.beta2) * g.square()
+    return m / torch.sqrt(v + state.eps)

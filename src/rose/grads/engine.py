@@ -4,9 +4,9 @@ For a linear map y = x W^T, the gradient of a sum of per-example losses w.r.t. W
 example b, is sum_t dy[b, t]^T x[b, t] over b's tokens. Examples are packed into one row with no
 padding (`encoding.pack`; attention stays within each, `attention.py`). Forward hooks on every
 LoRA `Linear` (lora_A and lora_B) keep x and y; one `autograd.grad` call returns dy for all of
-them at once (no .grad is written); per module, x and dy are laid out as [B, longest, ...] (the
-gaps zero, so they add nothing) and one batched matmul forms every example's gradient. Examples
-don't interact (no batch statistics), so row b of the result is exactly example b's gradient.
+them at once (no .grad is written); per module, one grouped matrix product over the pack's
+contiguous token ranges forms every example's gradient. Examples don't interact (no batch
+statistics), so group b of the result is exactly example b's gradient.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..encoding import Encoded, pack, token_packs
 from .losses import dpo_losses, response_logprobs, sft_losses
@@ -49,27 +50,36 @@ class LoraTaps:
         """Per sequence of the packed batch, the gradient of `loss` (a sum over sequences), one LoRA
         weight at a time.
 
-        Yields [B, D_k] for each LoRA weight k in parameter order; only the segment being consumed
-        is materialised. Consume it fully before the next forward pass.
+        Yields [B, D_k] for each LoRA weight k in parameter order, in the model's dtype (bf16 on a
+        GPU: the grouped product accumulates in float32; consumers upcast); only the segment being
+        consumed is materialised. Consume it fully before the next forward pass.
         """
         if len(self.records) != len(self.modules):
             raise RuntimeError(f"expected {len(self.modules)} LoRA calls in the forward pass, saw {len(self.records)}")
         inputs, outputs = zip(*self.records)
         self.records = []
         grad_outputs = torch.autograd.grad(loss, outputs)
-        n, longest = batch["cu_seq_lens"].numel() - 1, batch["max_length"]
-        slots = (batch["sequence_ids"][0] * longest + batch["position_ids"][0])  # token -> (sequence, position)
-
-        def unpacked(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # [1, T, C] -> [B, longest, C]
-            return t.new_zeros(n * longest, t.shape[-1], dtype=dtype).index_copy_(0, slots, t[0].to(dtype)).view(n, longest, -1)
-
+        ends = batch["cu_seq_lens"][1:]
         with torch.no_grad():
             for x, dy in zip(inputs, grad_outputs):
-                # [B, L, out]^T @ [B, L, in] -> [B, out, in]: the sum over tokens, per example.
-                # On GPU, bf16 operands go to the tensor cores as they are (fp32 accumulation).
-                dtype = dy.dtype if dy.is_cuda else torch.promote_types(dy.dtype, torch.float32)
-                g = torch.bmm(unpacked(dy, dtype).transpose(1, 2), unpacked(x, dtype)).flatten(1)
-                yield g.to(torch.promote_types(g.dtype, torch.float32))
+                yield per_sequence_products(dy[0], x[0], ends).flatten(1)
+
+
+def per_sequence_products(dy: torch.Tensor, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """[B, out, in]: for each sequence, the sum over its tokens of dy[t]^T x[t].
+
+    dy [T, out] and x [T, in] hold the sequences one after another, sequence b ending at ends[b]
+    (int32). One grouped GEMM (`F.grouped_mm`: a CUTLASS kernel on H100-class cards in bf16, a
+    loop of matmuls elsewhere) costs the real tokens only; laying the pack out as [B, longest, ...]
+    for a batched matmul cost ~10x that in copies and padded products on the pool's length mix.
+    Its layout rules (bf16/fp32, rows a multiple of 16 bytes) fail only on toy shapes or float64;
+    those loop over the sequences here.
+    """
+    dy, x = dy.contiguous(), x.contiguous()
+    if dy.dtype in (torch.bfloat16, torch.float32) and all(t.shape[1] * t.element_size() % 16 == 0 for t in (dy, x)):
+        return F.grouped_mm(dy.t(), x, offs=ends)
+    bounds = [0, *ends.tolist()]
+    return torch.stack([dy[a:b].t() @ x[a:b] for a, b in zip(bounds, bounds[1:])])
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -112,7 +122,7 @@ def dpo_grads(
             ref = reference_logps[idx].to(device)
             loss = dpo_losses(logp[0::2], logp[1::2], ref[:, 0], ref[:, 1], beta).sum()
             grads = taps.per_example_grads(loss, batch)
-            yield idx, (g[0::2] + g[1::2] for g in grads)
+            yield idx, (g[0::2].to(torch.promote_types(g.dtype, torch.float32)) + g[1::2] for g in grads)
 
 
 @torch.no_grad()

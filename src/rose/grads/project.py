@@ -10,9 +10,15 @@ run, on CPU or GPU, projects identically, and nothing needs to be saved.
   on GPU a Triton kernel hashes each tile in registers (`rademacher_triton.py`). Costly for
   large D all the same, since every one of its D x d entries is computed for every batch.
 - `sparse`: a CountSketch, balanced inside each segment: every coordinate goes to one bucket with
-  a random sign, and each bucket gets the same number of a segment's coordinates. One gather and
-  one sum per segment: memory-bound and deterministic (no atomics). Inner products keep the same
-  variance as under the dense map.
+  a random sign. The segment is cut into chunks of d coordinates and each chunk is spread over
+  the d buckets by its own random permutation, so every bucket gets one coordinate per chunk and
+  two coordinates of one chunk never share a bucket. One gather and one sum per segment:
+  memory-bound and deterministic (no atomics); on a GPU one Triton kernel fuses it with the Adam
+  direction (`sketch_triton.py`), reading each chunk from cache. Inner products keep (at most)
+  the variance they have under the dense map.
+
+`MAP_VERSION` names the maps' definitions: stage keys include it, so features stored under an
+older definition are never scored against new ones.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 _MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)  # splitmix64 constants as signed int64
 _MIX2 = 0x94D049BB133111EB - (1 << 64)
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+MAP_VERSION = 2  # 2: sparse buckets permuted chunk by chunk (1: one permutation of the whole segment)
 
 
 def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -86,7 +93,7 @@ class DenseProjector(Projector):
 
 
 class SparseProjector(Projector):
-    """Balanced CountSketch: out[:, j] = sum of sign_i * x[:, i] over the coordinates i of bucket j."""
+    """Balanced CountSketch: out[:, j] = sum over chunks k of sign * x[:, order[k * d + j]]."""
 
     def __init__(self, segments: Sequence[int], out_dim: int, seed: int) -> None:
         super().__init__(segments, out_dim, seed)
@@ -96,10 +103,11 @@ class SparseProjector(Projector):
         """(coordinate order, signs, coordinates per bucket) of one segment, built once per device."""
         key = (segment, device)
         if key not in self._tables:
-            per_bucket = math.ceil(self.segments[segment] / self.out_dim)
+            d = self.out_dim
+            per_bucket = math.ceil(self.segments[segment] / d)  # = chunks of d coordinates
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + segment)
-            # bucket j holds coordinates order[j * per_bucket : (j + 1) * per_bucket]; ids past the segment are padding
-            order = torch.randperm(per_bucket * self.out_dim, generator=gen)
+            # chunk k sends coordinate order[k * d + j] to bucket j; ids past the segment are padding
+            order = torch.cat([torch.randperm(d, generator=gen) + k * d for k in range(per_bucket)])
             signs = (torch.randint(0, 2, (order.numel(),), generator=gen) * 2 - 1).float()
             self._tables[key] = (order.to(device), signs.to(device), per_bucket)
         return self._tables[key]
@@ -111,8 +119,8 @@ class SparseProjector(Projector):
 def sketch(part: torch.Tensor, order: torch.Tensor, signs: torch.Tensor, per_bucket: int) -> torch.Tensor:
     """[B, D] -> [B, d] with a SparseProjector segment's table (d = len(order) / per_bucket)."""
     padded = torch.nn.functional.pad(part.float(), (0, order.numel() - part.shape[1]))
-    picked = padded.index_select(1, order) * signs  # [B, d * per_bucket]
-    return picked.view(part.shape[0], -1, per_bucket).sum(dim=2)
+    picked = padded.index_select(1, order) * signs  # [B, per_bucket * d]
+    return picked.view(part.shape[0], per_bucket, -1).sum(dim=1)
 
 
 PROJECTIONS = {"dense": DenseProjector, "sparse": SparseProjector}

@@ -1,49 +1,36 @@
 """Where per-example gradients go: a projected feature per example, or exact cosines to the target.
 
 Both consume a batch one segment (LoRA weight matrix) at a time, so no more than one segment of
-full per-example gradients is alive at once.
+full per-example gradients is alive at once. Segments may come in the model's dtype (bf16 on a
+GPU); everything here computes in float32 or wider.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .adam import AdamMoments, adam_direction, direction
-from .project import Projector, SparseProjector, sketch
+from .adam import AdamMoments, adam_direction
+from .project import Projector, SparseProjector
 
 log = logging.getLogger("rose")
-
-
-def _direction_sketch(g, exp_avg, exp_avg_sq, beta1, beta2, eps, order, signs, per_bucket):
-    return sketch(direction(g, exp_avg, exp_avg_sq, beta1, beta2, eps), order, signs, per_bucket)
-
-
-@functools.cache
-def _fused_direction_sketch():
-    """On a GPU the Adam direction and the sparse sketch are one compiled kernel: done op by op
-    they are a dozen passes over every per-example gradient value (session 4 profile of the 8B
-    engine: element-wise work and copies were a third of its GPU time). Compiled on first use, so
-    that importing rose does not load the compiler (2 s)."""
-    return torch.compile(_direction_sketch, dynamic=True)
 
 
 class ProjectedFeatures:
     """Per-example gradient segments -> [B, d] unit vectors: Adam direction, projection, L2 norm.
 
     `adam=None` keeps the plain (SGD) gradient, as for the validation set. `fuse`: on CUDA, run
-    the Adam direction and a sparse projection as one compiled kernel (same values up to
-    summation order).
+    the Adam direction and a sparse projection as one Triton kernel (same values up to summation
+    order).
     """
 
     def __init__(self, projector: Projector, adam: AdamMoments | None = None, fuse: bool = True) -> None:
         self.projector = projector
         self.adam = adam.split(projector.segments) if adam is not None else None
-        self.fuse = fuse and self.adam is not None and isinstance(projector, SparseProjector)
+        self.fuse = fuse and isinstance(projector, SparseProjector)
 
     @property
     def out_dim(self) -> int:
@@ -61,12 +48,15 @@ class ProjectedFeatures:
         return F.normalize(out, dim=1)
 
     def _fused(self, g: torch.Tensor, k: int) -> torch.Tensor | None:
-        """The compiled kernel's result, or None (op by op from then on) where compiling fails,
-        e.g. on a machine without a working Triton."""
-        a = self.adam[k]
+        """The fused kernel's result, or None (op by op from then on) where it cannot run, e.g. on
+        a machine without a working Triton."""
+        a = self.adam[k] if self.adam is not None else None
         try:
-            return _fused_direction_sketch()(g, a.exp_avg, a.exp_avg_sq, a.beta1, a.beta2, a.eps, *self.projector.table(k, g.device))
-        except Exception as e:  # noqa: BLE001 - any compiler failure: the op-by-op path gives the same values
+            from .sketch_triton import adam_sketch
+
+            moments = (a.exp_avg, a.exp_avg_sq, a.beta1, a.beta2, a.eps) if a is not None else None
+            return adam_sketch(g, *self.projector.table(k, g.device), moments)
+        except Exception as e:  # noqa: BLE001 - any Triton failure: the op-by-op path gives the same values
             log.warning("fused Adam direction + sketch unavailable (%s: %s); continuing op by op", type(e).__name__, e)
             self.fuse = False
             return None
