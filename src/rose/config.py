@@ -124,7 +124,8 @@ class GradientConfig:
     batch_tokens: int = _f(4096, "Tokens in one gradient or evaluation pass (examples are packed into rows with no padding).")
     shard_size: int = _f(1024, "Examples per gradient shard file (the unit of resume).")
     compile_blocks: bool = _f(True, "On a GPU, torch.compile the decoder's norms and MLPs for the gradient passes "
-                                    "(+16% on an 8B model; a one-off compile of tens of seconds).")
+                                    "(+18% on an 8B model; a one-off compile of tens of seconds). Set false if "
+                                    "compilation fails for your model or platform; results are the same either way.")
     dpo_beta: float = _f(0.1, "DPO beta for the validation gradient.")
 
     def __post_init__(self) -> None:
