@@ -113,14 +113,10 @@ class SparseProjector(Projector):
         return self._tables[key]
 
     def project(self, part: torch.Tensor, segment: int) -> torch.Tensor:
-        return sketch(part, *self.table(segment, part.device))
-
-
-def sketch(part: torch.Tensor, order: torch.Tensor, signs: torch.Tensor, per_bucket: int) -> torch.Tensor:
-    """[B, D] -> [B, d] with a SparseProjector segment's table (d = len(order) / per_bucket)."""
-    padded = torch.nn.functional.pad(part.float(), (0, order.numel() - part.shape[1]))
-    picked = padded.index_select(1, order) * signs  # [B, per_bucket * d]
-    return picked.view(part.shape[0], per_bucket, -1).sum(dim=1)
+        order, signs, per_bucket = self.table(segment, part.device)
+        padded = torch.nn.functional.pad(part.float(), (0, order.numel() - part.shape[1]))
+        picked = padded.index_select(1, order) * signs  # [B, per_bucket * d]
+        return picked.view(part.shape[0], per_bucket, self.out_dim).sum(dim=1)
 
 
 PROJECTIONS = {"dense": DenseProjector, "sparse": SparseProjector}

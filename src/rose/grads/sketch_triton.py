@@ -1,6 +1,6 @@
 """The Adam direction and the sparse sketch as one Triton kernel (GPU; CPU only under TRITON_INTERPRET=1).
 
-Same values as `adam.direction` followed by `project.sketch`, up to summation order: each program
+Same values as `adam_direction` followed by `SparseProjector.project`, up to summation order: each program
 owns a block of buckets of one example, walks the segment's chunks in order, and for each reads
 the chunk's coordinates for its buckets, turns them into the Adam direction in registers and
 adds them with their signs. Every gradient value is read once, in its own dtype, and nothing
@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .adam import AdamMoments
 
 
 @triton.jit
@@ -37,15 +39,15 @@ def _adam_sketch(g_ptr, m_ptr, v_ptr, order_ptr, signs_ptr, out_ptr, D, d, strid
 
 
 def adam_sketch(g: torch.Tensor, order: torch.Tensor, signs: torch.Tensor, per_bucket: int,
-                moments: tuple[torch.Tensor, torch.Tensor, float, float, float] | None = None) -> torch.Tensor:
-    """[B, D] -> [B, d] float32: `project.sketch` of g, or of its Adam direction given
-    moments = (exp_avg, exp_avg_sq, beta1, beta2, eps), with a SparseProjector segment's table."""
+                adam: AdamMoments | None = None) -> torch.Tensor:
+    """[B, D] -> [B, d] float32: the sparse sketch of g, or of its Adam direction, with a
+    SparseProjector segment's table (`SparseProjector.table`)."""
     g = g.contiguous()
     batch, width = g.shape
     d = order.numel() // per_bucket
     out = torch.empty(batch, d, device=g.device, dtype=torch.float32)
-    m, v, beta1, beta2, eps = moments if moments is not None else (g, g, 0.0, 0.0, 0.0)
+    m, v, beta1, beta2, eps = (adam.exp_avg, adam.exp_avg_sq, adam.beta1, adam.beta2, adam.eps) if adam is not None else (g, g, 0.0, 0.0, 0.0)
     block = 1024
     _adam_sketch[(batch, triton.cdiv(d, block))](g, m, v, order, signs, out, width, d, g.stride(0), out.stride(0), beta1, beta2, eps,
-                                                 CHUNKS=per_bucket, ADAM=moments is not None, BLOCK=block)
+                                                 CHUNKS=per_bucket, ADAM=adam is not None, BLOCK=block)
     return out

@@ -50,12 +50,10 @@ class ProjectedFeatures:
     def _fused(self, g: torch.Tensor, k: int) -> torch.Tensor | None:
         """The fused kernel's result, or None (op by op from then on) where it cannot run, e.g. on
         a machine without a working Triton."""
-        a = self.adam[k] if self.adam is not None else None
         try:
             from .sketch_triton import adam_sketch
 
-            moments = (a.exp_avg, a.exp_avg_sq, a.beta1, a.beta2, a.eps) if a is not None else None
-            return adam_sketch(g, *self.projector.table(k, g.device), moments)
+            return adam_sketch(g, *self.projector.table(k, g.device), self.adam[k] if self.adam is not None else None)
         except Exception as e:  # noqa: BLE001 - any Triton failure: the op-by-op path gives the same values
             log.warning("fused Adam direction + sketch unavailable (%s: %s); continuing op by op", type(e).__name__, e)
             self.fuse = False
