@@ -59,4 +59,4 @@ def test_bad_override_and_missing_config_exit_2(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
     cfg = _config(tmp_path, [])
     assert main(["warmup", str(cfg), "warmup.fraction=2"]) == 2
-    assert "warmup.fraction must be a number in (0, 1]" in capsys.readouterr().err
+    assert "warmup.fraction must be a finite number in (0, 1]" in capsys.readouterr().err

@@ -29,8 +29,8 @@ def test_paths_resolve_against_config_file_and_overrides_apply(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("select.fraction=0", "select.fraction must be a number in (0, 1]"),
-    ("warmup.fraction=1.5", "warmup.fraction must be a number in (0, 1]"),
+    ("select.fraction=0", "select.fraction must be a finite number in (0, 1]"),
+    ("warmup.fraction=1.5", "warmup.fraction must be a finite number in (0, 1]"),
     ("gradients.projection=fast_jl", "unknown value 'fast_jl'"),
     ("gradients.dim=abc", "expected int"),
     ("nonsense.key=1", "unknown config key(s) nonsense"),

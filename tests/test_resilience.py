@@ -107,7 +107,7 @@ def test_other_hostile_inputs(finished_run, tmp_path, capsys):
     assert "holds 'warmup' results of another config" in other and "choose a new run_dir" in other
     cfg = tmp_path / "fraction.yaml"
     cfg.write_text(f"run_dir: {tmp_path / 'x'}\nselect: {{fraction: 1.5}}\n")
-    assert main(["run", str(cfg)]) == 2 and "select.fraction must be a number in (0, 1]" in capsys.readouterr().err
+    assert main(["run", str(cfg)]) == 2 and "select.fraction must be a finite number in (0, 1]" in capsys.readouterr().err
     assert _manifests(run_dir) == before
 
 

@@ -175,6 +175,5 @@ def main(argv: list[str] | None = None) -> int:
         print("rose: interrupted; finished shards and stages are kept, rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
-        from .distributed import leave_process_group
-
-        leave_process_group()
+        if "rose.distributed" in sys.modules:  # only a command that got as far as torch joined a process group
+            sys.modules["rose.distributed"].leave_process_group()

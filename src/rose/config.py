@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
+import re
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,118 +23,213 @@ import yaml
 from .errors import ConfigError
 
 
-def _f(default: Any, help: str, path: bool = False) -> Any:
+def _f(default: Any, help: str, path: bool = False, check: Callable[[str, Any], None] | None = None) -> Any:
+    """A config field: its default, the help `rose config --keys` prints, whether it holds paths
+    (resolved against the config file's folder), and the check its value must pass."""
+    metadata = {"help": help, "path": path, "check": check}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, "path": path})
-    return field(default=default, metadata={"help": help, "path": path})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# ----------------------------------------------------------------------------- value checks
+# Each takes (key, value) and raises ConfigError naming the key; `build` adds the section prefix.
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def one_of(*options: Any) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if value not in options:
+            raise ConfigError(f"{name}: unknown value {_short(value)}; expected one of {', '.join(map(str, options))}")
+    return check
+
+
+def integer(low: int) -> Callable[[str, Any], None]:
+    """An integer >= low."""
+    def check(name: str, value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            what = "a positive integer" if low == 1 else f"an integer >= {low}"
+            raise ConfigError(f"{name} must be {what}, got {_short(value)}")
+    return check
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> Callable[[str, Any], None]:
+    """A finite number in the interval [low, high] (either end open if asked)."""
+    def check(name: str, value: Any) -> None:
+        ok = _is_number(value) and math.isfinite(value)
+        ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not ok:
+            left, right = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
+            raise ConfigError(f"{name} must be a finite number in {left}{low:g}, {high:g}{right}, got {_short(value)}")
+    return check
+
+
+def optional(inner: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if value is not None:
+            inner(name, value)
+    return check
+
+
+def each(inner: Callable[[str, Any], None], nonempty: bool = False) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if nonempty and not value:
+            raise ConfigError(f"{name} must not be empty")
+        for i, item in enumerate(value):
+            inner(f"{name}[{i}]", item)
+    return check
+
+
+def nonempty_text(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} must be a non-empty string, got {_short(value)}")
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|meta|(cuda|xpu|npu|hpu)(:\d+)?")
+
+
+def device_spec(name: str, value: Any) -> None:
+    """A device torch knows, checked without importing torch (so a typo fails in well under a second)."""
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise ConfigError(f"{name}: unknown device {_short(value)}; expected auto, cpu, cuda, cuda:N, mps, xpu or xpu:N")
+
+
+def subtask_spec(name: str, value: Any) -> None:
+    if isinstance(value, str) and value in ("file", "field", "none"):
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return
+    raise ConfigError(f"{name}: unknown value {_short(value)}; expected file, field, none or a positive number of blocks")
+
+
+FRACTION = number(0, 1, low_open=True)
+POSITIVE = integer(1)
+NON_NEGATIVE = integer(0)
+
+
+def _module_names(name: str, value: str | list[str]) -> None:
+    if isinstance(value, str):
+        nonempty_text(name, value)
+    else:
+        each(nonempty_text, nonempty=True)(name, value)
+
+
+def _betas(name: str, value: list) -> None:
+    if len(value) != 2:
+        raise ConfigError(f"{name} must be two numbers [beta1, beta2], got {_short(value)}")
+    each(number(0, 1, high_open=True))(name, value)
+
+
+class Section:
+    """A config section: each field's `check` runs when the section is built, so a bad value is
+    reported before any data or model is touched."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            if check is not None:
+                check(f.name, getattr(self, f.name))
+
+
+# ----------------------------------------------------------------------------- sections
 
 
 @dataclass
-class ModelConfig:
-    name: str = _f("smollm2-135m-instruct", "Built-in name, hub id, local model folder or .gguf file.")
-    dtype: str = _f("auto", "Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16, float64.")
-    device: str = _f("auto", "auto, cpu, cuda or cuda:N.")
-    max_length: int = _f(512, "Longest tokenised example; longer responses are cut, longer prompts are an error.")
-    overlong: str = _f("error", "What to do with a pool example whose prompt alone exceeds max_length: error or skip.")
+class ModelConfig(Section):
+    name: str = _f("smollm2-135m-instruct", "Built-in name, hub id, local model folder or .gguf file.", check=nonempty_text)
+    dtype: str = _f("auto", "Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16, float64.",
+                    check=one_of("auto", "float32", "bfloat16", "float16", "float64"))
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N.", check=device_spec)
+    max_length: int = _f(512, "Longest tokenised example; longer responses are cut, longer prompts are an error.", check=POSITIVE)
+    overlong: str = _f("error", "What to do with an example whose prompt alone exceeds max_length: error or skip.",
+                       check=one_of("error", "skip"))
     trust_remote_code: bool = _f(False, "Allow model repositories to run their own code (off unless you trust them).")
-    revision: str | None = _f(None, "Hub revision (branch, tag or commit) for hub ids.")
-
-    def __post_init__(self) -> None:
-        _choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16", "float64"))
-        _choice("model.overlong", self.overlong, ("error", "skip"))
-        _positive("model.max_length", self.max_length)
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) for hub ids.", check=optional(nonempty_text))
+    kwargs: dict[str, Any] = _f({}, "Extra keyword arguments for the model's from_pretrained, e.g. "
+                                    "{attn_implementation: sdpa} or a quantization_config mapping.")
 
 
 @dataclass
-class LoraSettings:
-    r: int = _f(128, "LoRA rank (paper: 128).")
-    alpha: float = _f(512, "LoRA alpha (paper: 512).")
-    dropout: float = _f(0.1, "LoRA dropout during training (gradients are taken without dropout).")
-    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get adapters.")
-
-    def __post_init__(self) -> None:
-        _positive("lora.r", self.r)
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+class LoraSettings(Section):
+    r: int = _f(128, "LoRA rank (paper: 128).", check=POSITIVE)
+    alpha: float = _f(512, "LoRA alpha (paper: 512).", check=number(0, low_open=True))
+    dropout: float = _f(0.1, "LoRA dropout during training (gradients are taken without dropout).", check=number(0, 1, high_open=True))
+    target_modules: str | list[str] = _f("auto", "Module names that get adapters; auto: the attention projections of "
+                                                 "the model's family (q/k/v/o, or its fused qkv and output projections).",
+                                         check=_module_names)
 
 
 @dataclass
-class PreferenceSource:
-    paths: list[str] = _f([], "Preference files (jsonl/json, gzipped or not); globs allowed.", path=True)
-    format: str = _f("auto", "rose (paper's dict keyed by prompt), trl ({prompt, chosen, rejected}), hh (transcripts) or auto.")
-    pairs: str = _f("target", "ROSE format only: 'target' = one (sft_target, rejected_target) pair per prompt; 'all' = every pair.")
-    subtasks: str | int = _f("file", "Subtasks for the max-over-subtasks score: file, field, none, or N contiguous blocks.")
-    limit: int | None = _f(None, "Use at most this many pairs (seeded random sample), for quick runs.")
-
-    def __post_init__(self) -> None:
-        _choice("format", self.format, ("auto", "rose", "trl", "hh"))
-        _choice("pairs", self.pairs, ("target", "all"))
+class PreferenceSource(Section):
+    paths: list[str] = _f([], "Preference files (jsonl/json, gzipped or not); globs allowed.", path=True, check=each(nonempty_text))
+    format: str = _f("auto", "rose (paper's dict keyed by prompt), trl ({prompt, chosen, rejected}), hh (transcripts) or auto.",
+                     check=one_of("auto", "rose", "trl", "hh"))
+    pairs: str = _f("target", "ROSE format only: 'target' = one (sft_target, rejected_target) pair per prompt; 'all' = every pair.",
+                    check=one_of("target", "all"))
+    subtasks: str | int = _f("file", "Subtasks for the max-over-subtasks score: file, field, none, or N contiguous blocks.",
+                             check=subtask_spec)
+    limit: int | None = _f(None, "Use at most this many pairs (seeded random sample), for quick runs.", check=optional(POSITIVE))
 
 
 @dataclass
-class DataConfig:
-    pool: list[str] = _f([], "Training pool files in LESS format ({dataset, id, messages}); globs allowed.", path=True)
-    pool_limit: int | None = _f(None, "Use a seeded random subset of this many pool examples (quick runs).")
+class DataConfig(Section):
+    pool: list[str] = _f([], "Training pool files in LESS format ({dataset, id, messages}); globs allowed.", path=True, check=each(nonempty_text))
+    pool_limit: int | None = _f(None, "Use a seeded random subset of this many pool examples (quick runs).", check=optional(POSITIVE))
     validation: PreferenceSource = field(default_factory=PreferenceSource, metadata={"help": "Few-shot preference set of the target task."})
     heldout: PreferenceSource = field(default_factory=lambda: PreferenceSource(pairs="all"), metadata={"help": "Held-out preference pairs for evaluation."})
     heldout_exclude_validation: bool = _f(True, "Drop held-out pairs whose prompt is a validation prompt.")
     heldout_exclude: list[str] = _f([], "Also drop held-out pairs whose prompt is in these preference files "
-                                        "(e.g. every shot set of a few-shot sweep, so all share one held-out set).", path=True)
-    test: list[str] = _f([], "Test prompts with golden answers ({prompt, golden_answer}); globs allowed.", path=True)
-    test_limit: int | None = _f(None, "Use at most this many test prompts (seeded random sample).")
-    empty_responses: str = _f("error", "A preference pair or test answer with an empty response: error, or skip it.")
-
-    def __post_init__(self) -> None:
-        _choice("data.empty_responses", self.empty_responses, ("error", "skip"))
+                                        "(e.g. every shot set of a few-shot sweep, so all share one held-out set).", path=True, check=each(nonempty_text))
+    test: list[str] = _f([], "Test prompts with golden answers ({prompt, golden_answer}); globs allowed.", path=True, check=each(nonempty_text))
+    test_limit: int | None = _f(None, "Use at most this many test prompts (seeded random sample).", check=optional(POSITIVE))
+    empty_responses: str = _f("error", "A preference pair or test answer with an empty response: error, or skip it.",
+                              check=one_of("error", "skip"))
 
 
 @dataclass
-class TrainSettings:
-    epochs: int = _f(4, "Passes over the training data.")
-    lr: float = _f(2e-5, "Peak learning rate (linear warm-up, then linear decay).")
-    batch_size: int = _f(16, "Examples per optimizer step (across all processes).")
+class TrainSettings(Section):
+    epochs: int = _f(4, "Passes over the training data.", check=POSITIVE)
+    lr: float = _f(2e-5, "Peak learning rate (linear warm-up, then linear decay).", check=number(0, low_open=True))
+    batch_size: int = _f(16, "Examples per optimizer step (across all processes).", check=POSITIVE)
     micro_batch_tokens: int = _f(4096, "Padded tokens per forward/backward pass per process (a step's examples are "
-                                       "grouped by length into such micro-batches; gradients are accumulated).")
-    warmup_ratio: float = _f(0.03, "Share of steps spent warming up the learning rate.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    adam_betas: list[float] = _f([0.9, 0.999], "AdamW betas (also used for the Adam gradient direction).")
-    adam_eps: float = _f(1e-8, "AdamW epsilon (also used for the Adam gradient direction).")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+                                       "grouped by length into such micro-batches; gradients are accumulated).", check=POSITIVE)
+    warmup_ratio: float = _f(0.03, "Share of steps spent warming up the learning rate.", check=number(0, 1, high_open=True))
+    weight_decay: float = _f(0.0, "AdamW weight decay.", check=number(0))
+    adam_betas: list[float] = _f([0.9, 0.999], "AdamW betas (also used for the Adam gradient direction).", check=_betas)
+    adam_eps: float = _f(1e-8, "AdamW epsilon (also used for the Adam gradient direction).", check=number(0, low_open=True))
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).", check=number(0))
     resume_every: int = _f(100, "Optimizer steps between resume points inside an epoch (0: only epoch ends): a run "
-                                "stopped mid-epoch restarts from the last one and ends with the same weights.")
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "micro_batch_tokens"):
-            _positive(name, getattr(self, name))
+                                "stopped mid-epoch restarts from the last one and ends with the same weights.", check=integer(0))
 
 
 @dataclass
 class WarmupConfig(TrainSettings):
-    fraction: float = _f(0.05, "Share of the pool (random, seeded) used for warm-up training.")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _fraction("warmup.fraction", self.fraction)
+    fraction: float = _f(0.05, "Share of the pool (random, seeded) used for warm-up training.", check=FRACTION)
 
 
 @dataclass
-class GradientConfig:
+class GradientConfig(Section):
     projection: str = _f("sparse", "Random projection: sparse (balanced CountSketch), dense (Rademacher), or none "
-                         "(exact cosines with the full validation gradients; stores [N, M] instead of [N, d]).")
+                         "(exact cosines with the full validation gradients; stores [N, M] instead of [N, d]).",
+                         check=one_of("sparse", "dense", "none"))
     dim: int = _f(32768, "Projected dimension (stored as float16). 32768 keeps influence scores within Spearman "
-                         "0.97 of exact on SmolLM2/SHP; the paper's 8192 gave 0.92 (docs/benchmarks.md).")
-    seed: int = _f(0, "Projection seed; the same matrix in every process and run.")
-    batch_tokens: int = _f(4096, "Tokens in one gradient or evaluation pass (examples are packed into rows with no padding).")
-    shard_size: int = _f(1024, "Examples per gradient shard file (the unit of resume).")
+                         "0.97 of exact on SmolLM2/SHP; the paper's 8192 gave 0.92 (docs/benchmarks.md).", check=POSITIVE)
+    seed: int = _f(0, "Projection seed; the same matrix in every process and run.", check=NON_NEGATIVE)
+    batch_tokens: int = _f(4096, "Tokens in one gradient or evaluation pass (examples are packed into rows with no padding).",
+                           check=POSITIVE)
+    shard_size: int = _f(1024, "Examples per gradient shard file (the unit of resume).", check=POSITIVE)
     compile_blocks: bool = _f(True, "On a GPU, torch.compile the decoder's norms and MLPs for the gradient passes "
                                     "(+18% on an 8B model; a one-off compile of tens of seconds). Set false if "
                                     "compilation fails for your model or platform; results are the same either way.")
-    dpo_beta: float = _f(0.1, "DPO beta for the validation gradient.")
-
-    def __post_init__(self) -> None:
-        _choice("gradients.projection", self.projection, ("sparse", "dense", "none"))
-        for name in ("dim", "batch_tokens", "shard_size"):
-            _positive(f"gradients.{name}", getattr(self, name))
+    dpo_beta: float = _f(0.1, "DPO beta for the validation gradient.", check=number(0, low_open=True))
 
 
 METHODS = ("rose", "less", "random", "bm25", "embedding", "full")
@@ -139,58 +237,48 @@ GRADIENT_METHODS = ("rose", "less")
 
 
 @dataclass
-class SelectConfig:
-    fraction: float = _f(0.05, "Share of the pool to select (top scores).")
+class SelectConfig(Section):
+    fraction: float = _f(0.05, "Share of the pool to select (top scores).", check=FRACTION)
     method: str = _f("rose", "rose (DPO validation gradients), less (SFT validation gradients of the chosen responses), "
                              "random, bm25 (against validation prompts + chosen), embedding (base model's mean hidden "
-                             "state, cosine), or full (the whole pool).")
-    seed: int = _f(0, "Seed of the random baseline.")
-
-    def __post_init__(self) -> None:
-        _fraction("select.fraction", self.fraction)
-        _choice("select.method", self.method, METHODS)
+                             "state, cosine), or full (the whole pool).", check=one_of(*METHODS))
+    seed: int = _f(0, "Seed of the random baseline.", check=NON_NEGATIVE)
 
 
 @dataclass
-class JudgeSettings:
+class JudgeSettings(Section):
     enabled: bool = _f(False, "Also measure an LLM-judge win rate against the golden answers (needs an endpoint).")
-    base_url: str | None = _f(None, "OpenAI-compatible endpoint; default: $ROSE_JUDGE_BASE_URL, else the OpenAI API.")
-    model: str = _f("gpt-4o", "Judge model name at the endpoint.")
-    api_key_env: str = _f("OPENAI_API_KEY", "Environment variable holding the endpoint's API key.")
-    max_prompts: int = _f(100, "Test prompts to generate answers for and judge (seeded sample).")
-    max_new_tokens: int = _f(256, "Longest generated answer, in tokens.")
+    base_url: str | None = _f(None, "OpenAI-compatible endpoint; default: $ROSE_JUDGE_BASE_URL, else the OpenAI API.", check=optional(nonempty_text))
+    model: str = _f("gpt-4o", "Judge model name at the endpoint.", check=nonempty_text)
+    api_key_env: str = _f("OPENAI_API_KEY", "Environment variable holding the endpoint's API key.", check=nonempty_text)
+    max_prompts: int = _f(100, "Test prompts to generate answers for and judge (seeded sample).", check=POSITIVE)
+    max_new_tokens: int = _f(256, "Longest generated answer, in tokens.", check=POSITIVE)
 
 
 @dataclass
-class EvalConfig:
-    batch_size: int = _f(8, "Sequences per evaluation forward pass.")
+class EvalConfig(Section):
+    batch_size: int = _f(8, "Sequences per evaluation forward pass.", check=POSITIVE)
     judge: JudgeSettings = field(default_factory=JudgeSettings, metadata={"help": "Optional LLM-judge win rate."})
 
 
 @dataclass
-class CompareConfig:
-    methods: list[str] = _f(list(METHODS), "Methods of the main comparison, all at select.fraction.")
-    random_seeds: list[int] = _f([0, 1, 2], "Seeds of the random baseline (mean and spread are reported).")
-    budgets: list[float] = _f([0.01, 0.05, 0.1, 0.2], "Data budgets (shares of the pool) for the budget sweep.")
-    budget_methods: list[str] = _f(["rose", "less", "random"], "Methods of the budget sweep.")
+class CompareConfig(Section):
+    methods: list[str] = _f(list(METHODS), "Methods of the main comparison, all at select.fraction.", check=each(one_of(*METHODS)))
+    random_seeds: list[int] = _f([0, 1, 2], "Seeds of the random baseline (mean and spread are reported).", check=each(NON_NEGATIVE))
+    budgets: list[float] = _f([0.01, 0.05, 0.1, 0.2], "Data budgets (shares of the pool) for the budget sweep.", check=each(FRACTION))
+    budget_methods: list[str] = _f(["rose", "less", "random"], "Methods of the budget sweep.", check=each(one_of(*METHODS)))
     shots: dict[str, list[str]] = _f({}, "Few-shot sweep: name -> validation files (e.g. {'1': [...], '10': [...]}).", path=True)
-    shot_methods: list[str] = _f(["rose", "less"], "Methods of the few-shot sweep (at select.fraction).")
-    full_epochs: int = _f(1, "Fine-tuning epochs on the full pool (it is 1/fraction times larger than a selection).")
-    results_json: str | None = _f(None, "Also write the main results here (e.g. docs/results/shp.json).", path=True)
+    shot_methods: list[str] = _f(["rose", "less"], "Methods of the few-shot sweep (at select.fraction).", check=each(one_of(*METHODS)))
+    full_epochs: int = _f(1, "Fine-tuning epochs on the full pool (it is 1/fraction times larger than a selection).", check=POSITIVE)
+    results_json: str | None = _f(None, "Also write the main results here (e.g. docs/results/shp.json).", path=True, check=optional(nonempty_text))
     cache_dir: str | None = _f(None, "Shared stage folders (default run_dir/cache); point several tasks at one to share "
-                                     "the warm-up and pool gradients.", path=True)
-
-    def __post_init__(self) -> None:
-        for m in [*self.methods, *self.budget_methods, *self.shot_methods]:
-            _choice("compare methods", m, METHODS)
-        for b in self.budgets:
-            _fraction("compare.budgets", b)
+                                     "the warm-up and pool gradients.", path=True, check=optional(nonempty_text))
 
 
 @dataclass
-class RunConfig:
-    run_dir: str = _f("runs/rose", "Where every stage writes its files.", path=True)
-    seed: int = _f(0, "Seed for sampling, training and projection.")
+class RunConfig(Section):
+    run_dir: str = _f("runs/rose", "Where every stage writes its files.", path=True, check=nonempty_text)
+    seed: int = _f(0, "Seed for sampling, training and projection.", check=NON_NEGATIVE)
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapters (warm-up and fine-tune)."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Inputs."})
@@ -202,28 +290,13 @@ class RunConfig:
     compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "`rose compare`: baselines and sweeps."})
 
 
-# ----------------------------------------------------------------------------- validation helpers
-
-
-def _choice(name: str, value: Any, options: tuple) -> None:
-    if value not in options:
-        raise ConfigError(f"{name}: unknown value {value!r}; expected one of {', '.join(map(str, options))}")
-
-
-def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _fraction(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
-        raise ConfigError(f"{name} must be a number in (0, 1], got {value!r}")
-
-
 # ----------------------------------------------------------------------------- building from dicts
 
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Check (and where harmless, convert) a value against its field's type hint."""
+    if hint is Any:
+        return value
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
@@ -231,21 +304,21 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
                 return _check_type(name, value, option)
             except ConfigError:
                 continue
-        raise ConfigError(f"{name}: {value!r} is not a valid {hint}")
+        raise ConfigError(f"{name}: {_short(value)} is not a valid {_type_name(hint)}")
     if hint is type(None):
         if value is None:
             return None
-        raise ConfigError(f"{name}: expected null, got {value!r}")
+        raise ConfigError(f"{name}: expected null, got {_short(value)}")
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
         key_type, value_type = typing.get_args(hint)
         return {_check_type(f"{name} key", str(k), key_type): _check_type(f"{name}[{k}]", v, value_type) for k, v in value.items()}
     if origin is list:
         if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, list):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {type(value).__name__}")
         (item,) = typing.get_args(hint)
         return [_check_type(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -256,14 +329,18 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
         except ValueError:
             pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{name}: expected {hint.__name__}, got {_short(value)}")
     return value
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def build(cls: type, data: dict, prefix: str = "", base_dir: Path | None = None) -> Any:
     """Make dataclass `cls` from a nested dict, checking names and types; resolve relative paths."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
@@ -274,7 +351,7 @@ def build(cls: type, data: dict, prefix: str = "", base_dir: Path | None = None)
         hint, key = hints[name], prefix + name
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+                raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
             defaults = dataclasses.asdict(fields[name].default_factory())
             kwargs[name] = build(hint, _merge(defaults, value), key + ".", base_dir)
             continue
@@ -326,33 +403,53 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: dict | None = None) -> RunConfig:
     """Read a YAML config (or start from `base`), apply overrides, and build a checked RunConfig.
 
     Relative paths in the file resolve against the file's folder; those given as overrides or in
-    `base` resolve against the current directory.
+    `base` resolve against the current directory. Every value is checked here, so a typo is
+    reported before any data or model is read; errors name the file (or the override) and the key.
     """
-    data: dict = {}
-    base_dir = Path.cwd()
+    data, base_dir, where = base or {}, Path.cwd(), None
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
-        base_dir = path.resolve().parent
-    elif base is not None:
-        data = base
-    config = build(RunConfig, data, base_dir=base_dir)
+        data, base_dir, where = read_config_file(path), path.resolve().parent, str(path)
+    try:
+        config = build(RunConfig, data, base_dir=base_dir)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     if overrides:
         extra: dict = {}
         for key, value in parse_overrides(list(overrides)):
             set_dotted(extra, key, value)
-        merged = _merge(dataclasses.asdict(config), extra)
-        config = build(RunConfig, merged, base_dir=Path.cwd())
+        try:
+            config = build(RunConfig, _merge(dataclasses.asdict(config), extra), base_dir=Path.cwd())
+        except ConfigError as e:
+            raise ConfigError(f"command-line override: {e}") from None
     return config
+
+
+def read_config_file(path: Path) -> dict:
+    """The YAML mapping in a config file; one-line errors with the file (and line) for anything else."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start}); save the config as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{path}{line}: invalid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections (run_dir:, model:, data:, ...) "
+                          f"at the top level, got a {type(data).__name__}")
+    return data
 
 
 def _merge(a: dict, b: dict) -> dict:
