@@ -24,13 +24,21 @@ def _find_data() -> Path | None:
 
 
 SHARED = _find_data()
-needs_data = pytest.mark.skipif(SHARED is None, reason="data bundle not found; set ROSE_SHARED_DATA")
+NO_DATA = "data bundle not found (../shared/data beside the checkout, or $ROSE_SHARED_DATA)"
+needs_data = pytest.mark.skipif(SHARED is None, reason=NO_DATA)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say loudly when the tests on real data did not run: a green suite without them proves less."""
+    if SHARED is None:
+        skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_DATA in str(r.longrepr)]
+        terminalreporter.write_sep("!", f"{len(skipped)} TESTS ON REAL DATA DID NOT RUN: {NO_DATA}", red=True, bold=True)
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if SHARED is None:
-        pytest.skip("data bundle not found; set ROSE_SHARED_DATA")
+        pytest.skip(NO_DATA)
     return SHARED
 
 
