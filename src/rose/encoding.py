@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .errors import PromptTooLong
 from .formats import Example, Message, Origin, PreferencePair, TestPrompt
 
 IGNORE = -100
@@ -55,7 +56,8 @@ def encode(
     prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
     if len(prompt_ids) >= max_length:
-        raise origin.error(f"prompt is {len(prompt_ids)} tokens, at least max_length ({max_length}); raise model.max_length", field=field)
+        raise PromptTooLong(origin.path, f"prompt is {len(prompt_ids)} tokens, at least max_length ({max_length}); "
+                            "raise model.max_length or set model.overlong=skip", line=origin.line, entry=origin.entry, field=field)
     if not response_ids:
         raise origin.error("response is empty after tokenisation", field=field)
     return Encoded(tuple(prompt_ids + response_ids[: max_length - len(prompt_ids)]), len(prompt_ids))

@@ -7,6 +7,18 @@ class RoseError(Exception):
     """Base class: something about the user's input, config or run directory is wrong."""
 
 
+def location(path: object, line: int | None = None, entry: int | str | None = None, field: str | None = None) -> str:
+    """'file, line N, entry E, field F': where in the input something is."""
+    where = [str(path)]
+    if line is not None:
+        where.append(f"line {line}")
+    if entry is not None:
+        where.append(f"entry {entry!r}" if isinstance(entry, str) else f"entry {entry}")
+    if field is not None:
+        where.append(f"field '{field}'")
+    return ", ".join(where)
+
+
 class InputError(RoseError):
     """A data or model file is missing or malformed; names the file, and the line/entry and field."""
 
@@ -20,14 +32,11 @@ class InputError(RoseError):
         field: str | None = None,
     ) -> None:
         self.path, self.line, self.entry, self.field = str(path), line, entry, field
-        where = [self.path]
-        if line is not None:
-            where.append(f"line {line}")
-        if entry is not None:
-            where.append(f"entry {entry!r}" if isinstance(entry, str) else f"entry {entry}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__(f"{', '.join(where)}: {message}")
+        super().__init__(f"{location(path, line, entry, field)}: {message}")
+
+
+class PromptTooLong(InputError):
+    """A prompt leaves no room for its response within model.max_length (skipped with model.overlong=skip)."""
 
 
 class ConfigError(RoseError):
