@@ -149,7 +149,8 @@ def _unknown_model(name: str, error: Exception) -> InputError:
 
 def add_lora(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
     """Wrap the base model with fresh LoRA adapters (the only trainable weights)."""
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"] if cfg.target_modules == "auto" else list(cfg.target_modules)
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
