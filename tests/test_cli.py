@@ -60,3 +60,90 @@ def test_bad_override_and_missing_config_exit_2(tmp_path, capsys):
     cfg = _config(tmp_path, [])
     assert main(["warmup", str(cfg), "warmup.fraction=2"]) == 2
     assert "warmup.fraction must be a finite number in (0, 1]" in capsys.readouterr().err
+
+
+GOOD_ROW = {"dataset": "d", "id": "d_0", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+
+
+def _run_config(tmp_path, pool: bytes | None = None, validation: bytes | None = None, config: str = "", name: str = "run.yaml"):
+    """Write a pool, a validation set and a config (extra YAML lines appended) into tmp_path."""
+    (tmp_path / "pool.jsonl").write_bytes(pool if pool is not None else (json.dumps(GOOD_ROW) + "\n").encode())
+    (tmp_path / "val.jsonl").write_bytes(validation if validation is not None else
+                                         (json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n").encode())
+    cfg = tmp_path / name
+    cfg.write_text("run_dir: out\ndata:\n  pool: [pool.jsonl]\n  validation: {paths: [val.jsonl]}\n"
+                   "model: {device: cpu}\nlora: {r: 2, alpha: 8}\n" + config)
+    return cfg
+
+
+def _surrogate_row() -> bytes:
+    return json.dumps(GOOD_ROW).replace('"a"}', '"\\udc80"}').encode() + b"\n"
+
+
+BAD_INPUTS = {
+    # case: (pool bytes, validation bytes, extra config, words the one error line must contain)
+    "lone surrogate": (_surrogate_row(), None, "", ["pool.jsonl, line 1", "not valid Unicode"]),
+    "deep nesting": (b"[" * 100_000 + b"]" * 100_000 + b"\n", None, "", ["pool.jsonl, line 1", "nested too deeply"]),
+    "identical pairs": (None, b'{"prompt": "q", "chosen": "same", "rejected": "same"}\n', "",
+                        ["val.jsonl, line 1, field 'rejected'", "identical chosen and rejected"]),
+    "NaN lr": (None, None, "warmup: {lr: .nan}\n", ["run.yaml", "warmup.lr", "finite number"]),
+    "negative lr": (None, None, "finetune: {lr: -0.1}\n", ["run.yaml", "finetune.lr"]),
+    "zero limit": (None, None, "data: {pool: [pool.jsonl], validation: {paths: [val.jsonl], limit: 0}}\n",
+                   ["run.yaml", "data.validation.limit", "positive integer"]),
+    "negative size": (None, None, "gradients: {dim: -8}\n", ["run.yaml", "gradients.dim", "positive integer"]),
+    "unknown device": (None, None, "model: {device: gpu0}\n", ["run.yaml", "model.device", "unknown device 'gpu0'"]),
+    "model error with overlong skip": (None, None, "model: {name: ./no/such/model, overlong: skip}\n",
+                                       ["model.name", "model path not found"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, tmp_path, capsys):
+    pool, validation, extra, words = BAD_INPUTS[case]
+    cfg = _run_config(tmp_path, pool, validation, extra)
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rose: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert all(w in err for w in words), err
+    assert "the pool is empty" not in err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_bad_config_files_name_the_file(tmp_path, capsys):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("run_dir: caf\xe9\n".encode("latin-1"))
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- run_dir: out\n- seed: 1\n" + "- x: 1\n" * 200)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("run_dir: out\nseed: [1, 2\n")
+    for cfg, words in [(latin1, ["latin1.yaml", "not valid UTF-8"]), (listing, ["list.yaml", "expected a mapping", "got a list"]),
+                       (broken, ["broken.yaml, line", "invalid YAML"])]:
+        assert main(["run", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and all(w in err for w in words) and len(err) < 300, err  # the config is not echoed
+
+
+def test_run_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    cfg = _run_config(tmp_path)
+    (tmp_path / "out").write_text("not a folder")
+    assert main(["run", str(cfg)]) == 2
+    assert "run_dir" in capsys.readouterr().err and (tmp_path / "out").read_text() == "not a folder"
+
+
+def test_config_and_data_errors_are_found_before_torch_is_imported(tmp_path):
+    """The CLI checks the config and parses every input before the model stack loads."""
+    for pool, extra in [(None, "warmup: {lr: .nan}\n"), (_surrogate_row(), "")]:
+        cfg = _run_config(tmp_path, pool, None, extra)
+        code = ("import sys; from rose.cli import main; rc = main(['run', sys.argv[1]]); "
+                "print(rc, 'torch' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, check=True).stdout
+        assert out.split() == ["2", "False"], out
+
+
+def test_bad_input_leaves_a_finished_run_untouched(finished_run, tmp_path, capsys):
+    run_dir, _, _ = finished_run
+    before = {str(m): m.stat().st_mtime_ns for m in run_dir.rglob(MANIFEST)}
+    for pool, extra in [(_surrogate_row(), ""), (None, "warmup: {lr: .inf}\n")]:
+        cfg = _run_config(tmp_path, pool, None, extra, name="bad.yaml")
+        assert main(["run", str(cfg), f"run_dir={run_dir}"]) == 2 and capsys.readouterr().err.startswith("rose: error: ")
+    assert {str(m): m.stat().st_mtime_ns for m in run_dir.rglob(MANIFEST)} == before

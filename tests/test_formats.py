@@ -141,3 +141,61 @@ def test_bad_preferences(tmp_path):
     good = _jsonl(tmp_path / "g.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}] * 3)
     with pytest.raises(InputError, match="3 prompts cannot be split into 2 equal subtask blocks"):
         read_preferences([good], "trl", subtasks=2)
+
+
+def _corrupt_gzip(path, rows) -> None:
+    """A gzip file whose header is fine but whose deflate stream is damaged (not merely cut short)."""
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    data = bytearray(path.read_bytes())
+    data[12:24] = b"\xff" * 12
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case", ["lone surrogate", "deep nesting", "corrupt gzip", "deep nesting .json"])
+def test_unusable_documents_are_input_errors(tmp_path, case):
+    """Valid JSON that is no Unicode text, nesting deep enough to exhaust the parser, and damaged
+    gzip data each end as an InputError naming the file (and line), never as another exception."""
+    if case == "lone surrogate":
+        path = tmp_path / "pool.jsonl"
+        path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD).replace("hello", "\\ud800x").replace("d_0", "d_1") + "\n")
+        line, message = 2, "not valid Unicode"
+    elif case == "deep nesting":
+        path = tmp_path / "pool.jsonl"
+        path.write_text(json.dumps(GOOD) + "\n" + "[" * 200_000 + "]" * 200_000 + "\n")
+        line, message = 2, "nested too deeply"
+    elif case == "deep nesting .json":
+        path = tmp_path / "pool.json"
+        path.write_text("[" * 200_000 + "]" * 200_000)
+        line, message = None, "nested too deeply"
+    else:
+        path = tmp_path / "pool.jsonl.gz"
+        _corrupt_gzip(path, [GOOD] * 50)
+        line, message = None, "cannot read file"
+    with pytest.raises(InputError, match=message) as e:
+        read_pool([path])
+    assert e.value.path == str(path) and e.value.line == line
+    assert "\n" not in str(e.value)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    jsonl, whole = tmp_path / "pool.jsonl", tmp_path / "prefs.json"
+    jsonl.write_bytes(bom + (json.dumps(GOOD) + "\n").encode())
+    whole.write_bytes(bom + json.dumps([{"prompt": "q", "chosen": "a", "rejected": "b"}]).encode())
+    assert [e.id for e in read_pool([jsonl])] == ["d_0"]
+    assert [(p.chosen, p.rejected) for p in read_preferences([whole])] == [("a", "b")]
+
+
+def test_identical_pairs_are_dropped_with_a_warning_and_a_set_of_only_those_is_refused(tmp_path, caplog):
+    rows = [{"prompt": "q1", "chosen": "a", "rejected": "b"}, {"prompt": "q2", "chosen": " same", "rejected": "same "},
+            {"prompt": "q3", "chosen": "c", "rejected": "d"}]
+    path = _jsonl(tmp_path / "p.jsonl", rows)
+    with caplog.at_level("WARNING", logger="rose"):
+        pairs = read_preferences([path])
+    assert [p.prompt[0]["content"] for p in pairs] == ["q1", "q3"]
+    assert "dropped 1 preference pair(s)" in caplog.text and f"{path}, line 2" in caplog.text
+    only = _jsonl(tmp_path / "only.jsonl", [rows[1], rows[1]])
+    with pytest.raises(InputError, match="all 2 pairs have identical chosen and rejected") as e:
+        read_preferences([only])
+    assert e.value.line == 1 and e.value.field == "rejected"

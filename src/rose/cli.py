@@ -10,17 +10,10 @@ from pathlib import Path
 
 from .config import describe, load_config, to_dict
 from .errors import RoseError
+from .inputs import RunInputs, check_run_dir
+from .registry import STAGES, stages_for
 
-STAGE_HELP = {
-    "warmup": "LoRA-train on a random share of the pool, saving every epoch's adapter, AdamW state and lrs.",
-    "train-grads": "Per-example SFT gradients of the pool at each checkpoint (Adam direction, projected).",
-    "val-grads": "Per-pair DPO gradients of the validation preferences at each checkpoint (projected).",
-    "score": "Influence: lr-weighted cosine over checkpoints, mean over shots, max over subtasks.",
-    "select": "Write the top share of the pool (selected.jsonl, in the pool's own format).",
-    "reference": "Base-model log-probs of the held-out, validation and test sets (for evaluation).",
-    "finetune": "LoRA-train the base model on the selection.",
-    "evaluate": "Held-out preference accuracy, reward margin and golden-answer NLL of the fine-tuned model.",
-}
+STAGE_HELP = {name: stage.help for name, stage in STAGES.items()}
 
 DESCRIPTION = """\
 rose: pick the few training examples that make an LLM better at one target task (ROSE).
@@ -140,6 +133,15 @@ def _run_compare(config, shared_only: bool, report_only: bool) -> None:
     print(f"report: {out / 'report.md'}")
 
 
+def checked_inputs(config, stages: list[str]) -> RunInputs:
+    """The run's input records, read and checked before torch is imported: a bad file or run_dir
+    is reported in about a second, not after the model stack has loaded."""
+    check_run_dir(config.run_dir)
+    inputs = RunInputs(config)
+    inputs.check(stages)
+    return inputs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
@@ -156,13 +158,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False))
             return 0
         if args.command == "compare":
-            _run_compare(load_config(args.config, args.overrides), args.shared_only, args.report_only)
+            config = load_config(args.config, args.overrides)
+            if not args.report_only:
+                checked_inputs(config, list(STAGES))
+            _run_compare(config, args.shared_only, args.report_only)
             return 0
-        from .pipeline import run_stages
+        config = load_config(args.config, args.overrides)
+        names = None if args.command == "run" else [args.command]
+        inputs = checked_inputs(config, names or stages_for(config.select.method))
+        from .pipeline import run_stages  # torch and the model stack load only once the inputs are known good
         from .report import summary_rows, table
 
-        config = load_config(args.config, args.overrides)
-        run = run_stages(config, None if args.command == "run" else [args.command])
+        run = run_stages(config, names, inputs=inputs)
         if args.command == "run" and run.dist.is_main:
             from .store import read_json
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import GRADIENT_METHODS, RunConfig
-from .context import FOLDERS, Run, stages_for
+from .context import FOLDERS, Run
 from .distributed import Dist
 from .pipeline import record_config, run_stages
+from .registry import stages_for
 from .store import StageBusy, folder_lock, read_json, write_json
 
 log = logging.getLogger("rose")

@@ -14,23 +14,22 @@ run_dir/
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
 
-from .config import GRADIENT_METHODS, PreferenceSource, RunConfig, TrainSettings, expand_globs
+from .config import GRADIENT_METHODS, RunConfig, TrainSettings, expand_globs
 from .distributed import Dist
 from .encoding import Encoded, encode_example, encode_pair, encode_test
-from .errors import InputError, RunDirError
-from .formats import Example, PreferencePair, read_pool, read_preferences, read_test_prompts
+from .errors import InputError, PromptTooLong, RunDirError
+from .formats import Example, PreferencePair
 from .grads.project import MAP_VERSION
+from .inputs import RunInputs
 from .models import (
     add_lora,
     compile_lora_free_blocks,
@@ -40,33 +39,13 @@ from .models import (
     lora_parameters,
     set_adapter_dtype,
 )
+from .registry import STAGES
 from .store import StageDir, file_digest, fingerprint
 from .train import Checkpoint
 
 log = logging.getLogger("rose")
 
-FOLDERS = {
-    "warmup": "warmup",
-    "val-grads": "grads/val",
-    "train-grads": "grads/train",
-    "score": "scores",
-    "select": "selection",
-    "reference": "reference",
-    "finetune": "finetune",
-    "evaluate": "eval",
-}
-
-
-def stages_for(method: str) -> list[str]:
-    """The stages a selection method runs: gradient methods all of them, the others from `score` on."""
-    return list(FOLDERS) if method in GRADIENT_METHODS else list(FOLDERS)[3:]
-
-
-def sample_indices(n: int, k: int | None, seed: int) -> list[int]:
-    """A seeded random subset of range(n), kept in pool order (all of it when k is None or >= n)."""
-    if k is None or k >= n:
-        return list(range(n))
-    return sorted(np.random.default_rng(seed).choice(n, size=k, replace=False).tolist())
+FOLDERS = {name: stage.folder for name, stage in STAGES.items()}
 
 
 def _training_key(settings: TrainSettings) -> dict:
@@ -75,15 +54,12 @@ def _training_key(settings: TrainSettings) -> dict:
     return {k: v for k, v in asdict(settings).items() if k != "resume_every"}
 
 
-def _prompt_key(prompt: tuple) -> str:
-    return json.dumps(prompt, sort_keys=True)
-
-
 class Run:
     """What the stages of one process share: config, folders, and lazily loaded data and model."""
 
-    def __init__(self, config: RunConfig, dist: Dist | None = None) -> None:
+    def __init__(self, config: RunConfig, dist: Dist | None = None, inputs: RunInputs | None = None) -> None:
         self.config = config
+        self.inputs = inputs if inputs is not None and inputs.config == config else RunInputs(config)
         self.dir = Path(config.run_dir)
         self.dist = dist or Dist()
         self.device = self.dist.device(config.model.device)
@@ -117,22 +93,20 @@ class Run:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
-    @cached_property
+    @property
     def pool_files(self) -> list[str]:
-        files = expand_globs(self.config.data.pool)
-        if not files:
-            raise InputError("data.pool", "no pool files configured", field="data.pool")
-        return files
+        return self.inputs.pool_files
 
     def _fit(self, items: list, encode_one, what: str) -> tuple[list, list]:
         """Encode items; one whose prompt exceeds max_length is an error, or dropped (model.overlong=skip)."""
+        tokenizer, skip = self.tokenizer, self.config.model.overlong == "skip"  # a model error surfaces here, never as a skip
         kept, encoded = [], []
         for item in tqdm(items, desc=f"tokenise {what}", unit="ex", disable=not self.dist.is_main or len(items) < 2000):
             try:
-                encoded.append(encode_one(self.tokenizer, item, self.config.model.max_length))
+                encoded.append(encode_one(tokenizer, item, self.config.model.max_length))
                 kept.append(item)
-            except InputError:
-                if self.config.model.overlong != "skip":
+            except PromptTooLong:
+                if not skip:
                     raise
         if len(kept) < len(items):
             log.warning("skipped %d %s items whose prompt exceeds model.max_length=%d", len(items) - len(kept), what, self.config.model.max_length)
@@ -140,11 +114,10 @@ class Run:
 
     @cached_property
     def _pool(self) -> tuple[list[Example], list[Encoded]]:
-        rows = read_pool(self.pool_files)
-        rows = [rows[i] for i in sample_indices(len(rows), self.config.data.pool_limit, self.config.seed)]
-        examples, encoded = self._fit(rows, encode_example, "pool")
+        examples, encoded = self._fit(self.inputs.pool, encode_example, "pool")
         if not examples:
-            raise InputError(", ".join(self.pool_files), "the pool is empty")
+            raise InputError(", ".join(self.pool_files), f"every pool example's prompt is longer than model.max_length "
+                                                          f"({self.config.model.max_length})")
         return examples, encoded
 
     @property
@@ -155,16 +128,9 @@ class Run:
     def pool_encoded(self) -> list[Encoded]:
         return self._pool[1]
 
-    def preferences(self, source: PreferenceSource, seed_offset: int) -> list[PreferencePair]:
-        files = expand_globs(source.paths)
-        if not files:
-            raise InputError("data", "no preference files configured", field="paths")
-        pairs = read_preferences(files, source.format, source.pairs, source.subtasks, self.config.data.empty_responses)
-        return [pairs[i] for i in sample_indices(len(pairs), source.limit, self.config.seed + seed_offset)]
-
     @cached_property
     def validation_set(self) -> tuple[list[PreferencePair], list[tuple[Encoded, Encoded]]]:
-        pairs, encoded = self._fit(self.preferences(self.config.data.validation, 1), encode_pair, "validation")
+        pairs, encoded = self._fit(self.inputs.validation, encode_pair, "validation")
         if not pairs:
             raise InputError(", ".join(self.config.data.validation.paths), "no usable validation pairs")
         return pairs, encoded
@@ -176,22 +142,12 @@ class Run:
     @cached_property
     def heldout(self) -> tuple[list[PreferencePair], list[tuple[Encoded, Encoded]]]:
         """(pairs, encodings) of the held-out preference set; empty when none is configured."""
-        cfg = self.config.data
-        if not cfg.heldout.paths:
-            return [], []
-        pairs = self.preferences(replace(cfg.heldout, limit=None), 2)
-        seen = {_prompt_key(p.prompt) for p in self.validation} if cfg.heldout_exclude_validation else set()
-        if cfg.heldout_exclude:
-            seen |= {_prompt_key(p.prompt) for p in read_preferences(expand_globs(cfg.heldout_exclude), "auto", "all", "none", "skip")}
-        pairs = [p for p in pairs if _prompt_key(p.prompt) not in seen]
-        return self._fit([pairs[i] for i in sample_indices(len(pairs), cfg.heldout.limit, self.config.seed + 2)], encode_pair, "held-out")
+        return self._fit(self.inputs.heldout, encode_pair, "held-out")
 
     @cached_property
     def tests(self) -> tuple[list, list[Encoded]]:
         """(test prompts, encodings of prompt + golden answer)."""
-        cfg = self.config.data
-        items = read_test_prompts(expand_globs(cfg.test), cfg.empty_responses) if cfg.test else []
-        return self._fit([items[i] for i in sample_indices(len(items), cfg.test_limit, self.config.seed + 3)], encode_test, "test")
+        return self._fit(self.inputs.tests, encode_test, "test")
 
     # --------------------------------------------------------------------------- model
 

@@ -13,15 +13,20 @@ Every error names the file, the line (jsonl) or entry (json), and the field.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
+import logging
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import InputError
+from .errors import InputError, location
+
+log = logging.getLogger("rose")
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -37,6 +42,9 @@ class Origin:
 
     def error(self, message: str, field: str | None = None) -> InputError:
         return InputError(self.path, message, line=self.line, entry=self.entry, field=field)
+
+    def __str__(self) -> str:
+        return location(self.path, self.line, self.entry)
 
 
 @dataclass(frozen=True)
@@ -84,53 +92,76 @@ def _open_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError) as e:
-        raise InputError(path, f"cannot read file: {e}") from e
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: corrupt (not only truncated) gzip data
+        raise InputError(path, f"cannot read file ({type(e).__name__}: {_short(e)})") from e
 
 
 def _base_suffix(path: Path) -> str:
     return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
 
 
+def _short(value: object, limit: int = 80) -> str:
+    """A value or message cut to one short line, for error messages that must fit one line."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _parse(text: str, raw: bytes, where: Origin) -> Any:
+    """json.loads, with every way a document can be unusable turned into an InputError at `where`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        at = where if where.line is not None else Origin(where.path, line=e.lineno)  # a whole .json: its line
+        raise at.error(f"malformed JSON: {e.msg} at column {e.colno}") from e
+    except RecursionError as e:
+        raise where.error("JSON nested too deeply") from e
+    if _ESCAPED_SURROGATE.search(raw):  # \ud800-style escapes: valid JSON, but a lone one is no Unicode text
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise where.error("not valid Unicode (a lone surrogate escape such as \\ud800)") from e
+        except RecursionError as e:
+            raise where.error("JSON nested too deeply") from e
+    return value
+
+
+def _decode(raw: bytes, where: Origin) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if where.line is None:  # a whole .json document: name the line the bad byte is on
+            where = Origin(where.path, line=raw[: e.start].count(b"\n") + 1)
+        raise where.error(f"not valid UTF-8 (byte {e.start})") from e
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[Origin, Any]]:
     """Yield (origin, parsed JSON value) for each row of a .jsonl/.json file, gzipped or not.
 
     A .json file holding a list yields its entries; one holding an object yields (key, value) pairs.
+    A UTF-8 byte-order mark at the start (as some Windows tools write) is ignored.
     """
     path = Path(path)
     suffix = _base_suffix(path)
     if suffix not in (".jsonl", ".json"):
         raise InputError(path, "unsupported file type: expected .jsonl, .json, .jsonl.gz or .json.gz")
-    data = _open_bytes(path)
+    data = _open_bytes(path).removeprefix(codecs.BOM_UTF8)
     if suffix == ".jsonl":
         for number, raw in enumerate(data.splitlines(), start=1):
             if not raw.strip():
                 continue
             origin = Origin(str(path), line=number)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise origin.error(f"not valid UTF-8 (byte {e.start})") from e
-            try:
-                yield origin, json.loads(text)
-            except json.JSONDecodeError as e:
-                raise origin.error(f"malformed JSON: {e.msg} at column {e.colno}") from e
+            yield origin, _parse(_decode(raw, origin), raw, origin)
         return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise InputError(path, f"not valid UTF-8 (byte {e.start})", line=line) from e
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"malformed JSON: {e.msg} at column {e.colno}", line=e.lineno) from e
+    doc = _parse(_decode(data, Origin(str(path))), data, Origin(str(path)))
     if isinstance(doc, list):
         for i, value in enumerate(doc):
             yield Origin(str(path), entry=i), value
     elif isinstance(doc, dict):
         for key, value in doc.items():
-            yield Origin(str(path), entry=key[:60]), (key, value)
+            yield Origin(str(path), entry=_short(key, 60)), (key, value)
     else:
         raise InputError(path, f"expected a JSON list or object at top level, got {type(doc).__name__}")
 
@@ -161,7 +192,7 @@ def _messages(origin: Origin, value: Any, field: str) -> tuple[Message, ...]:
     for i, m in enumerate(value):
         role = _field(origin, m, "role", str, f"{field}[{i}].")
         if role not in ROLES:
-            raise origin.error(f"unknown role {role!r}; expected one of {ROLES}", field=f"{field}[{i}].role")
+            raise origin.error(f"unknown role {_short(repr(role), 40)}; expected one of {', '.join(ROLES)}", field=f"{field}[{i}].role")
         out.append({"role": role, "content": _text(origin, m, "content", f"{field}[{i}].")})
     return tuple(out)
 
@@ -268,7 +299,7 @@ def _rose_pairs(path: str | Path, choice: PairChoice) -> Iterator[tuple[Origin, 
         for j, pair in enumerate(_field(origin, row, "pairs", list)):
             ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and 0 <= i < len(responses) for i in pair)
             if not ok:
-                raise origin.error(f"expected [chosen_index, rejected_index] into responses, got {pair!r}", field=f"pairs[{j}]")
+                raise origin.error(f"expected [chosen_index, rejected_index] into responses, got {_short(repr(pair), 40)}", field=f"pairs[{j}]")
             for i in pair:
                 if not isinstance(responses[i], str):
                     raise origin.error(f"expected str, got {type(responses[i]).__name__}", field=f"responses[{i}]")
@@ -313,9 +344,11 @@ def read_preferences(
     `pairs` (ROSE format only): "target" takes the one (sft_target, rejected_target) pair per prompt
     that ROSE's DPO validation gradient uses; "all" takes every listed pair.
     `subtasks`: see `assign_subtasks`. `empty`: a pair with an empty response is an error, or is
-    skipped (HH-RLHF's own test split has a few).
+    skipped (HH-RLHF's own test split has a few). A pair whose two responses are the same text is
+    dropped with a warning (two HH validation sets hold one each); a file of nothing else is an error.
     """
     records: list[PreferencePair] = []
+    identical: list[Origin] = []
     for path in paths:
         kind = _detect_format(path) if fmt == "auto" else fmt
         stem = Path(path).name.split(".")[0]
@@ -333,10 +366,19 @@ def read_preferences(
                 continue
             if blank:
                 raise origin.error("empty response", field=blank[0])
+            if chosen.strip() == rejected.strip():  # no preference to learn: its DPO gradient is zero
+                identical.append(origin)
+                continue
             subtask = row.get("subtask", "") if subtasks == "field" else stem
             if subtasks == "field" and (not isinstance(subtask, str) or not subtask):
                 raise origin.error("expected a non-empty string", field="subtask")
             records.append(PreferencePair(f"{stem}:{i}", prompt, chosen.strip(), rejected.strip(), subtask, origin))
+    if identical and not records:
+        raise identical[0].error(f"all {len(identical)} pairs have identical chosen and rejected responses; "
+                                 "a preference set needs pairs that differ", field="rejected")
+    if identical:
+        log.warning("dropped %d preference pair(s) whose chosen and rejected responses are identical (first: %s)",
+                    len(identical), identical[0])
     if not records:
         raise InputError(", ".join(map(str, paths)), "no preference pairs found")
     return assign_subtasks(records, subtasks)

@@ -12,8 +12,10 @@ import yaml
 
 from . import __version__
 from .config import RunConfig, to_dict
-from .context import FOLDERS, Run, stages_for
+from .context import FOLDERS, Run
 from .distributed import Dist
+from .inputs import RunInputs, check_run_dir
+from .registry import stages_for
 from .report import render_report
 from .stages import STAGES
 from .store import MANIFEST, atomic_write_text, folder_lock, read_json, write_json
@@ -40,30 +42,28 @@ def preflight(run: Run, stages: Sequence[str]) -> None:
 
     A malformed file or a folder written by another config stops the run here, so nothing is left
     half-written and an hour of warm-up is not spent before a broken held-out file is noticed.
+    The files are parsed first (no model needed), then tokenised, then the model is loaded.
     """
-    wanted = set(stages)
-    # reading a lazy property of the Run loads, parses and checks that input
-    if wanted & {"warmup", "train-grads", "score", "select", "finetune"}:
-        run.pool
-    if wanted & {"val-grads", "train-grads", "score", "reference", "evaluate"} and (
-            run.config.select.method not in ("random", "full") or wanted & {"reference", "evaluate"}):
-        run.validation_set
-    if wanted & {"reference", "evaluate"}:
-        run.heldout, run.tests
-    if wanted - {"score", "select"} or run.config.select.method == "embedding":
+    check_run_dir(run.config.run_dir)
+    run.inputs.check(stages)
+    tokenised = {"pool": "_pool", "validation": "validation_set", "heldout": "heldout", "tests": "tests"}
+    for name in run.inputs.needed(stages):
+        getattr(run, tokenised[name])  # reading a lazy property of the Run tokenises that input
+    if set(stages) - {"score", "select"} or run.config.select.method == "embedding":
         run.model
     for name in stages:
         run.stage(name).is_done()  # raises if another config wrote this stage's folder
 
 
 def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist | None = None, base: Run | None = None,
-               wait: bool = True) -> Run:
+               wait: bool = True, inputs: RunInputs | None = None) -> Run:
     """Run the named stages (default: all that the selection method needs) in pipeline order;
-    completed stages are skipped. `base`: an earlier Run whose loaded model and data to reuse.
+    completed stages are skipped. `base`: an earlier Run whose loaded model and data to reuse;
+    `inputs`: records already read and checked for this config (by the CLI, before torch loaded).
 
     The main process holds each stage folder's lock while the stage runs, so processes sharing
     folders never write one at once; with wait=False a stage held elsewhere raises StageBusy."""
-    run = base.derive(config) if base is not None else Run(config, dist or Dist.from_env())
+    run = base.derive(config) if base is not None else Run(config, dist or Dist.from_env(), inputs)
     wanted = list(names or stages_for(config.select.method))
     unknown = [n for n in wanted if n not in STAGES]
     if unknown:

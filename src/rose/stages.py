@@ -16,12 +16,13 @@ from tqdm.auto import tqdm
 
 from .baselines import bm25_similarities, embedding_similarities, random_scores
 from .config import GRADIENT_METHODS
-from .context import Run, sample_indices
+from .context import Run
 from .evaluate import dpo_loss, golden_nll, preference_metrics
 from .formats import write_jsonl
 from .grads import engine
 from .grads.project import Projector, make_projector
 from .grads.transform import ExactCosines, ProjectedFeatures
+from .inputs import sample_indices
 from .score import aggregate, checkpoint_weights, influence
 from .selection import top_fraction, write_selection
 from .store import StageDir, open_shards, read_json, save_array, shard_name, shard_ranges, write_json
