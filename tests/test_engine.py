@@ -9,10 +9,9 @@ import torch
 from conftest import lora_model
 
 from rose.encoding import Encoded, collate, encode, pack
-from rose.errors import ConfigError
 from rose.formats import Origin
 from rose.grads import engine, reference
-from rose.grads.losses import lm_parts, response_logprobs
+from rose.grads.losses import response_logprobs
 from rose.models import lora_parameters
 
 QUESTIONS = [
@@ -102,13 +101,6 @@ def test_response_logprobs_match_the_models_own_logits(tokenizer, layout):
         want = sum(float(full[t, e.input_ids[t + 1]]) for t in range(e.n_prompt - 1, len(e) - 1))
         assert counts[i] == len(e) - e.n_prompt
         assert abs(float(logp[i]) - want) < 1e-8 * max(1.0, abs(want))
-
-
-def test_models_that_rescale_their_logits_are_refused():
-    model = lora_model("float32")
-    model.get_base_model().config.final_logit_softcapping = 30.0
-    with pytest.raises(ConfigError, match="post-processes its logits"):
-        lm_parts(model)
 
 
 @pytest.mark.parametrize("dtype,width", [(torch.float32, 8), (torch.float64, 8), (torch.float32, 3)])

@@ -1,15 +1,29 @@
-"""Model resolution: the built-in GGUF cache, local folders, and clear errors for bad names and files."""
+"""Model resolution: the built-in GGUF cache, local folders, the Hugging Face cache without network,
+model.kwargs, LoRA targets, and clear errors for bad names and files."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 
+import huggingface_hub.constants
 import pytest
+import torch
+import transformers
 
-from rose.config import ModelConfig
-from rose.errors import InputError
-from rose.models import _builtin_gguf, cache_root, load_model, resolve_model
+from rose.config import LoraSettings, ModelConfig
+from rose.errors import ConfigError, InputError
+from rose.models import (
+    _builtin_gguf,
+    add_lora,
+    cache_root,
+    compile_lora_free_blocks,
+    load_model,
+    load_tokenizer,
+    pretrained_options,
+    resolve_model,
+)
 
 
 def test_builtin_resolves_to_a_cached_safetensors_folder_that_loads_fast():
@@ -21,12 +35,52 @@ def test_builtin_resolves_to_a_cached_safetensors_folder_that_loads_fast():
     assert not any(p.requires_grad for p in model.parameters())
 
 
-def test_unknown_names_and_missing_paths(monkeypatch, tmp_path):
-    import huggingface_hub.constants
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """An empty Hugging Face cache and a hub endpoint nothing listens on; opening any other
+    connection, or calling from_pretrained on a hub id, fails the test."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port, closed
+    real = socket.create_connection
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network retries in tests
+    def local_only(address, *args, **kwargs):
+        assert address[0] == "127.0.0.1", f"tried to reach {address}"
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", local_only)
+    return tmp_path / "hf-cache"
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("from_pretrained was asked for an id the hub cannot serve (minutes of retries)")
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_hub_id_that_is_neither_cached_nor_reachable_fails_at_once_with_a_hint(no_hub, monkeypatch, offline):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", _never_called)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _never_called)
+    for load in (load_tokenizer, load_model):
+        with pytest.raises(InputError, match="not in the local Hugging Face cache .* cannot be reached") as e:
+            load(ModelConfig(name="nobody/no-such-model", device="cpu"))
+        assert e.value.field == "model.name" and "HF_HUB_OFFLINE=1" in str(e.value) and "\n" not in str(e.value)
+        assert ("HF_HUB_OFFLINE is set" in str(e.value)) == offline
+
+
+def test_a_cached_hub_id_loads_from_the_cache_without_the_network(no_hub):
+    """A snapshot in the Hugging Face cache layout (refs/main -> snapshots/<commit>/) is used as a
+    local folder: no connection is opened, not even to probe the hub."""
+    snapshot = no_hub / "models--someone--tiny-chat" / "snapshots" / ("a" * 40)
+    shutil.copytree(resolve_model("smollm2-135m-instruct"), snapshot, ignore=shutil.ignore_patterns("*.safetensors"))
+    (no_hub / "models--someone--tiny-chat" / "refs").mkdir()
+    (no_hub / "models--someone--tiny-chat" / "refs" / "main").write_text("a" * 40)
+    assert resolve_model("someone/tiny-chat") == str(snapshot)
+    assert load_tokenizer(ModelConfig(name="someone/tiny-chat")).apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+
+def test_unknown_names_and_missing_paths(tmp_path):
     with pytest.raises(InputError, match="not a built-in model") as e:
-        load_model(ModelConfig(name="nobody/no-such-model"))
+        resolve_model("not a/valid id")
     assert e.value.field == "model.name"
     with pytest.raises(InputError, match="model path not found"):
         resolve_model(str(tmp_path / "missing" / "model"))
@@ -52,3 +106,57 @@ def test_truncated_gguf_and_safetensors_are_reported(monkeypatch, tmp_path):
     weights.write_bytes(weights.read_bytes()[:5_000_000])
     with pytest.raises(InputError, match="cannot load model weights"):
         load_model(ModelConfig(name=str(broken), device="cpu"))
+
+
+def test_a_folder_without_a_tokenizer_is_a_model_error(tmp_path):
+    shutil.copy(f"{resolve_model('smollm2-135m-instruct')}/config.json", tmp_path)
+    with pytest.raises(InputError, match="not loadable") as e:
+        load_tokenizer(ModelConfig(name=str(tmp_path)))
+    assert e.value.field == "model.name"
+
+
+def _tiny_folder(tmp_path, config_class=transformers.LlamaConfig):
+    config = config_class(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, pad_token_id=0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "tiny")
+    return str(tmp_path / "tiny")
+
+
+def test_model_kwargs_reach_from_pretrained(tmp_path):
+    folder = _tiny_folder(tmp_path)
+    model = load_model(ModelConfig(name=folder, device="cpu", kwargs={"attn_implementation": "eager", "torch_dtype": "bfloat16"}))
+    assert model.config._attn_implementation == "eager" and model.dtype == torch.bfloat16
+    assert load_model(ModelConfig(name=folder, device="cpu", dtype="float64")).dtype == torch.float64
+
+
+def test_a_quantization_mapping_becomes_its_config_object_and_bad_kwargs_are_config_errors():
+    cpu = torch.device("cpu")
+    options = pretrained_options(ModelConfig(kwargs={"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}), cpu)
+    assert isinstance(options["quantization_config"], transformers.BitsAndBytesConfig) and options["quantization_config"].load_in_4bit
+    assert options["device_map"] == {"": "cpu"}  # a quantized model is placed as it loads
+    bad = {
+        "needs a quant_method": {"quantization_config": {"load_in_4bit": True}},
+        "Unknown quantization type": {"quantization_config": {"quant_method": "no-such-method"}},
+        "not a torch dtype": {"dtype": "float33"},
+        "set model.revision": {"revision": "main"},
+    }
+    for message, kwargs in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            pretrained_options(ModelConfig(kwargs=kwargs), cpu)
+    with pytest.raises(ConfigError, match="dtype is set twice"):
+        pretrained_options(ModelConfig(dtype="float32", kwargs={"torch_dtype": "bfloat16"}), cpu)
+
+
+def test_named_lora_targets_are_kept_and_lora_free_blocks_found_by_what_they_are(tmp_path):
+    """Users may still name modules; compile_lora_free_blocks leaves every attention block eager
+    whatever its name (GPT-NeoX calls it `attention`) and finds the final norm by its class."""
+    model = load_model(ModelConfig(name=_tiny_folder(tmp_path), device="cpu"))
+    named = add_lora(model, LoraSettings(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    assert {n.split(".")[-4] for n, p in named.named_parameters() if p.requires_grad} == {"q_proj", "v_proj"}
+    config = transformers.GPTNeoXConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    neox = add_lora(transformers.AutoModelForCausalLM.from_config(config), LoraSettings(r=2, alpha=4, target_modules=["dense_h_to_4h"]))
+    assert compile_lora_free_blocks(neox) == 2 * 4 + 1  # per layer: 2 norms, 2 dropouts (not attention, not the LoRA MLP); final_layer_norm
+    decoder = neox.get_base_model().get_decoder()
+    compiled = {n for n, m in decoder.named_modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    assert "final_layer_norm" in compiled and not any(n.endswith(".attention") for n in compiled)
+    assert not any(n.endswith(".mlp") for n in compiled)  # it holds LoRA here

@@ -1,8 +1,23 @@
 """Turn records into token ids: chat template, prompt/response split, truncation, padding or packing.
 
-Pool examples and preference pairs go through the same rendering (the tokenizer's chat template,
-or a plain `<|user|>`/`<|assistant|>` layout for models without one), so the SFT gradients of the
+Pool examples and preference pairs go through the same rendering, so the SFT gradients of the
 pool and the DPO gradients of the target live in the same space. Only response tokens carry loss.
+
+- With a chat template (instruct models) the tokens are exactly `tokenizer.apply_chat_template`'s
+  for the conversation: its text, tokenised without adding special tokens, so the BOS is there
+  once when the template writes it and absent when it does not (ChatML). The prompt is the
+  template's generation prompt; the response is the rest of the rendered conversation (the
+  answer and the template's end-of-turn markers).
+- Without one (base models) the plain layout is
+
+      [BOS]<|user|>\n{content}\n...<|assistant|>\n{response}[EOS]
+
+  one `<|role|>\n{content}\n` block per prompt message, the role markers as plain text; [BOS]
+  is whatever the tokenizer puts before a text by default (Llama, Gemma, Mistral: their BOS;
+  GPT-NeoX, Qwen: nothing), and [EOS] is the tokenizer's eos_token (none if it has none).
+
+Prompt and response are tokenised separately, as a prompt is at generation time; with every
+template tried (Llama 3, Gemma, ChatML) that gives apply_chat_template's tokens.
 """
 
 from __future__ import annotations
@@ -12,9 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from .errors import PromptTooLong
+from .errors import ConfigError, PromptTooLong
 from .formats import Example, Message, Origin, PreferencePair, TestPrompt
 
 IGNORE = -100
@@ -32,15 +48,27 @@ class Encoded:
 
 
 def render(tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Message], response: str) -> tuple[str, str]:
-    """Return (prompt text ending where the response starts, response text including its end marker)."""
+    """Return (prompt text ending where the response starts, response text including its end marker).
+
+    Raises jinja2's TemplateError where the chat template refuses the conversation (a system
+    message for Gemma's, for instance)."""
     if tokenizer.chat_template:
         head = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
         if not full.startswith(head):
-            raise ValueError("the chat template does not render the prompt as a prefix of prompt + response")
+            raise ConfigError(f"model.name: the chat template of {tokenizer.name_or_path} does not render the prompt "
+                              "as a prefix of prompt + response, so the response tokens cannot be told apart")
         return head, full[len(head) :]
     head = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in prompt) + "<|assistant|>\n"
     return head, response + (tokenizer.eos_token or "")
+
+
+def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids the tokenizer puts before a text by default (its BOS, where it adds one)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    starts = [i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare]
+    return full[: starts[0]] if starts else []
 
 
 def encode(
@@ -52,8 +80,13 @@ def encode(
     field: str = "messages",
 ) -> Encoded:
     """Tokenise one prompt/response; cut the response to fit, and reject a prompt that leaves no room."""
-    head, tail = render(tokenizer, prompt, response)
+    try:
+        head, tail = render(tokenizer, prompt, response)
+    except TemplateError as e:
+        raise origin.error(f"the model's chat template refuses this conversation ({e})", field=field) from e
     prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    if not tokenizer.chat_template:
+        prompt_ids = leading_special_ids(tokenizer) + prompt_ids
     response_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
     if len(prompt_ids) >= max_length:
         raise PromptTooLong(origin.path, f"prompt is {len(prompt_ids)} tokens, at least max_length ({max_length}); "

@@ -1,8 +1,13 @@
 """Model loading: built-in names, hub ids, local folders and GGUF files; LoRA adapters.
 
 A GGUF file is de-quantised once into a safetensors folder under the cache (`$ROSE_CACHE`, default
-`~/.cache/rose`), so later loads take about a second. The reference model of DPO is the same
-network with its adapters switched off (`peft`'s `disable_adapter`), so it costs no extra memory.
+`~/.cache/rose`), so later loads take about a second. A hub id is read from the local Hugging Face
+cache when it is there, without touching the network; otherwise the hub is probed first, so that
+a machine without network fails in a second with a hint rather than after minutes of retries.
+`model.kwargs` go to `from_pretrained` as they are (a `quantization_config` mapping becomes
+transformers' config object for its `quant_method`), so a new model needs no code change.
+The reference model of DPO is the same network with its adapters switched off (`peft`'s
+`disable_adapter`), so it costs no extra memory.
 """
 
 from __future__ import annotations
@@ -10,15 +15,22 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import huggingface_hub
+import huggingface_hub.constants
+import huggingface_hub.errors
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import LoraSettings, ModelConfig
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .store import atomic_path, file_digest, folder_lock, load_tensors
 
 log = logging.getLogger(__name__)
@@ -81,8 +93,9 @@ def _write_converted(gguf: Path, out: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def resolve_model(name: str) -> str:
-    """Turn a model name into something `from_pretrained` loads without the network when possible."""
+def resolve_model(name: str, revision: str | None = None) -> str:
+    """Turn a model name into something `from_pretrained` loads without the network when possible:
+    a local folder, or a hub id that is not cached but whose hub can be reached."""
     if name in BUILTIN:
         return str(_convert_gguf(_builtin_gguf(name), cache_root() / "models" / name))
     path = Path(name).expanduser()
@@ -96,7 +109,41 @@ def resolve_model(name: str) -> str:
         return str(path)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:  # hub ids are owner/name
         raise InputError(path, "model path not found", field="model.name")
-    return name  # a hub id: owner/name
+    return _hub_model(name, revision)
+
+
+def _hub_model(name: str, revision: str | None) -> str:
+    """The snapshot folder of a hub id in the local Hugging Face cache, or the id itself when it is
+    not cached and the hub answers (from_pretrained then downloads it)."""
+    try:
+        return huggingface_hub.snapshot_download(name, revision=revision, local_files_only=True)
+    except huggingface_hub.errors.HFValidationError as e:
+        raise _unknown_model(name, e) from e
+    except OSError:  # LocalEntryNotFoundError: not in the cache
+        pass
+    if not hub_reachable():
+        offline = " (HF_HUB_OFFLINE is set)" if huggingface_hub.constants.HF_HUB_OFFLINE else ""
+        raise InputError(name, f"not in the local Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) and the hub "
+                         f"({huggingface_hub.constants.ENDPOINT}) cannot be reached{offline}; download it where there is "
+                         f"network (`hf download {name}`) or give a local model folder, and set HF_HUB_OFFLINE=1 "
+                         "on machines without network", field="model.name")
+    return name
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint (or the proxy in front of it) opens within
+    `timeout` seconds; False at once under HF_HUB_OFFLINE."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlsplit(huggingface_hub.constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(endpoint.hostname or "") else endpoint
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname, port), timeout=timeout).close()
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def pick_device(spec: str) -> torch.device:
@@ -112,10 +159,10 @@ def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    source = resolve_model(cfg.name)
+    source = resolve_model(cfg.name, cfg.revision)
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a folder without tokenizer files
         raise _unknown_model(cfg.name, e) from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -125,31 +172,92 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 def load_model(cfg: ModelConfig, device: torch.device | None = None) -> PreTrainedModel:
     """Load the frozen base model in eval mode on `device` (default: from the config)."""
     device = device or pick_device(cfg.device)
-    source = resolve_model(cfg.name)
+    options = pretrained_options(cfg, device)
+    source = resolve_model(cfg.name, cfg.revision)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=pick_dtype(cfg.dtype, device), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
+        model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **options)
     except OSError as e:
         raise _unknown_model(cfg.name, e) from e
     except Exception as e:  # safetensors/torch raise their own types for truncated weight files
-        raise InputError(source, f"cannot load model weights ({type(e).__name__}: {e})", field="model.name") from e
+        raise InputError(source, f"cannot load model weights ({type(e).__name__}: {_first_line(e)})", field="model.name") from e
     model.requires_grad_(False)
-    return model.to(device).eval()
+    return (model if "device_map" in options else model.to(device)).eval()
+
+
+def pretrained_options(cfg: ModelConfig, device: torch.device) -> dict[str, Any]:
+    """from_pretrained's keyword arguments: `model.kwargs` as given, with the dtype (model.dtype, or
+    a `dtype`/`torch_dtype` there) and a `quantization_config` mapping turned into its config
+    object; a quantized model is placed on `device` as it loads (it cannot be moved afterwards)."""
+    options = dict(cfg.kwargs)
+    for key in ("revision", "trust_remote_code"):
+        if key in options:
+            raise ConfigError(f"model.kwargs.{key}: set model.{key} instead")
+    given = [key for key in ("dtype", "torch_dtype") if key in options]
+    if len(given) > 1 or (given and cfg.dtype != "auto"):
+        raise ConfigError(f"model.kwargs.{given[-1]}: the dtype is set twice; set it in model.dtype only")
+    options["dtype"] = _dtype(options.pop(given[0]), given[0]) if given else pick_dtype(cfg.dtype, device)
+    if "quantization_config" in options:
+        options["quantization_config"] = _quantization(options["quantization_config"])
+        options.setdefault("device_map", {"": str(device)})
+    return options
+
+
+def _dtype(spec: Any, key: str) -> torch.dtype | str:
+    """A dtype given in model.kwargs: a torch dtype name, or from_pretrained's own 'auto' (the checkpoint's)."""
+    dtype = spec if spec == "auto" else getattr(torch, str(spec), None)
+    if dtype != "auto" and not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"model.kwargs.{key}: {spec!r} is not a torch dtype (e.g. bfloat16, float32)")
+    return dtype
+
+
+def _quantization(spec: Any) -> Any:
+    """A quantization_config mapping -> transformers' config object for its quant_method."""
+    from transformers.quantizers import AutoQuantizationConfig
+
+    if not isinstance(spec, dict):
+        return spec  # already a config object
+    if "quant_method" not in spec:
+        raise ConfigError("model.kwargs.quantization_config: needs a quant_method (e.g. bitsandbytes)")
+    try:
+        return AutoQuantizationConfig.from_dict(dict(spec))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.kwargs.quantization_config: {_first_line(e)}") from e
 
 
 def _unknown_model(name: str, error: Exception) -> InputError:
     return InputError(
         name,
         f"not a built-in model ({', '.join(BUILTIN)}), a local folder or a .gguf file, "
-        f"and not loadable as a hub id ({str(error).splitlines()[0]})",
+        f"and not loadable as a hub id ({_first_line(error)})",
         field="model.name",
     )
 
 
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def is_attention(module: torch.nn.Module) -> bool:
+    """A decoder layer's attention block: transformers names every such class `...Attention`."""
+    return type(module).__name__.endswith("Attention")
+
+
+def attention_projections(model: PreTrainedModel) -> list[str]:
+    """Full names of the Linear layers directly inside each attention block of the decoder, as the
+    model itself builds them: q/k/v/o_proj (Llama, Mistral, Qwen, Gemma, OLMo, Granite, Cohere,
+    MoE models), qkv_proj/o_proj (Phi-3), query_key_value/dense (GPT-NeoX). lora.target_modules=auto."""
+    inside = {id(m) for m in model.get_decoder().modules()}
+    names = [f"{name}.{child_name}" for name, module in model.named_modules() if id(module) in inside and is_attention(module)
+             for child_name, child in module.named_children() if isinstance(child, torch.nn.Linear)]
+    if not names:
+        raise ConfigError(f"lora.target_modules: auto found no attention projections in {type(model).__name__}; "
+                          "name the modules to adapt, e.g. lora.target_modules=[q_proj,v_proj]")
+    return names
+
+
 def add_lora(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
     """Wrap the base model with fresh LoRA adapters (the only trainable weights)."""
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"] if cfg.target_modules == "auto" else list(cfg.target_modules)
+    targets = attention_projections(model) if cfg.target_modules == "auto" else cfg.target_modules
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, lora)
@@ -183,8 +291,8 @@ def lora_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
 
 def compile_lora_free_blocks(model: PeftModel) -> int:
     """torch.compile, in place, every block of each decoder layer that holds no LoRA layer and is
-    not attention (with Llama: both norms and the MLP), and the final norm. Returns how many were
-    compiled by this call (none when they already are).
+    not attention (with Llama: both norms and the MLP), and the decoder's final norm. Returns how
+    many were compiled by this call (none when they already are).
 
     Eager, their element-wise work (float32 RMSNorm, SiLU gate, residual casts) is a string of
     memory-bound kernels; compiled, each block's is one or two, which made the 8B gradient
@@ -193,10 +301,10 @@ def compile_lora_free_blocks(model: PeftModel) -> int:
     Shapes are dynamic (packs differ in length), so one compilation serves every pack.
     """
     decoder = model.get_base_model().get_decoder()
-    blocks = [child for layer in getattr(decoder, "layers", []) for name, child in layer.named_children()
-              if "attn" not in name and not any("lora_" in n for n, _ in child.named_modules())]
-    if isinstance(getattr(decoder, "norm", None), torch.nn.Module):
-        blocks.append(decoder.norm)
+    layers = [layer for child in decoder.children() if isinstance(child, torch.nn.ModuleList) for layer in child]
+    blocks = [child for layer in layers for child in layer.children()
+              if not is_attention(child) and not any("lora_" in n for n, _ in child.named_modules())]
+    blocks += [child for child in decoder.children() if "Norm" in type(child).__name__]  # norm, final_layer_norm
     todo = [b for b in blocks if getattr(b, "_compiled_call_impl", None) is None]  # set by Module.compile
     for block in todo:
         block.compile(dynamic=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..encoding import IGNORE
-from ..errors import ConfigError
 from .attention import packed_attention
 
 
@@ -17,11 +18,12 @@ def response_logprobs(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor
     (`encoding.pack`: B sequences in one row). Labels are IGNORE outside the response.
     Returns (logp_sum [B] float32, n_tokens [B]). The vocabulary-sized logits are formed only at
     the response positions: the decoder's hidden states there are gathered and sent through the LM
-    head, so prompt and padding positions cost no logits, no softmax and no memory for either.
+    head (and the family's logit post-processing, `LogitFinish`), so prompt and padding positions
+    cost no logits, no softmax and no memory for either.
     """
     targets = batch["labels"][:, 1:]  # position t predicts token t+1
     rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
-    decoder, head = lm_parts(model)
+    decoder, head, finish = lm_parts(model)
     if "cu_seq_lens" in batch:
         cu, longest = batch["cu_seq_lens"], batch["max_length"]
         with packed_attention(decoder):
@@ -32,26 +34,46 @@ def response_logprobs(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor
         hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
         owner, n_seqs = rows, targets.shape[0]
     logits = head(hidden[rows, cols])  # [K, V] for the K response tokens of the batch
-    logits = logits.float() if logits.dtype.itemsize < 4 else logits  # softmax of bf16 logits in float32
+    logits = finish(logits.float() if logits.dtype.itemsize < 4 else logits)  # bf16 logits finished in float32
     nll = F.cross_entropy(logits, targets[rows, cols], reduction="none")
     logp = torch.zeros(n_seqs, dtype=nll.dtype, device=nll.device).index_add_(0, owner, -nll)
     return logp, torch.bincount(owner, minlength=n_seqs)
 
 
-def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(decoder, LM head) of a causal LM, through a PEFT wrapper; the head must be a plain projection.
+@dataclass(frozen=True)
+class LogitFinish:
+    """What a family's forward does to the LM head's output before the softmax, read from its
+    config: multiply by `logit_scale` (Cohere), divide by `logits_scaling` (Granite), then soft-cap
+    to c * tanh(z / c) with `final_logit_softcapping` (Gemma 2/3). Llama-shaped models do none."""
 
-    Families whose forward rescales or soft-caps the logits (Gemma 2/3, Cohere, Granite, ...) would
-    need that step here too, so they are refused (a one-line error) rather than scored wrongly.
+    scale: float = 1.0
+    divide: float = 1.0
+    softcap: float | None = None
+
+    @classmethod
+    def of(cls, config) -> LogitFinish:
+        text = config.get_text_config()
+        return cls(getattr(text, "logit_scale", None) or 1.0, getattr(text, "logits_scaling", None) or 1.0,
+                   getattr(text, "final_logit_softcapping", None) or None)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.divide != 1.0:
+            logits = logits / self.divide
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, LogitFinish]:
+    """(decoder, LM head, the family's logit post-processing) of a causal LM, through a PEFT wrapper.
+
+    Together they give the logits of the model's own forward pass; `support.check_model_support`
+    proves it on the loaded model before any stage runs.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
-    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
-        value = getattr(config, name, None)
-        if value not in (None, 1, 1.0):
-            raise ConfigError(f"model.name: {type(base).__name__} post-processes its logits ({name}={value}); "
-                              "rose does not support such models yet")
-    return base.get_decoder(), base.get_output_embeddings()
+    return base.get_decoder(), base.get_output_embeddings(), LogitFinish.of(base.config)
 
 
 class ResponseLogprobs(torch.nn.Module):
