@@ -72,3 +72,74 @@ def test_token_packs_fill_the_budget_longest_first_and_cover_everything():
     assert packs[0] == [5]  # the over-long example alone, first
     assert all(sum(lengths[i] for i in p) <= 100 for p in packs[1:])
     assert len(packs) == 1 + -(-sum(lengths[i] for i in range(8) if i != 5) // 100)  # no pack left half-empty here
+
+
+# ----------------------------------------------------------------------------- BOS/EOS per template
+
+CORPUS = ["Name a colour. Blue is a colour, and so is green.", "What is two plus two? Four, or 4.",
+          "You are a helpful assistant. Answer briefly.\nLine two of the answer."]
+LLAMA3 = ("{{- bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim"
+          " + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+         "{% for m in messages %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n' + m['content'] | trim"
+         " + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}")
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+SPECIALS = ["<bos>", "<eos>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<start_of_turn>", "<end_of_turn>",
+            "<|im_start|>", "<|im_end|>"]
+CONVERSATIONS = [
+    ([{"role": "user", "content": "Name a colour."}], "Blue."),
+    ([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is two plus two?"},
+      {"role": "assistant", "content": "Four."}, {"role": "user", "content": "And in digits?"}], " 4, with a leading space.\nLine two."),
+]
+
+
+def offline_tokenizer(chat_template: str | None, adds_bos: bool):
+    """A byte-level BPE tokenizer trained on a few sentences, with a chat template like a real
+    model's and, like Llama's and Gemma's, a BOS put before every text by default (or not)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS, show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if adds_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", chat_template=chat_template)
+
+
+@pytest.mark.parametrize("template,adds_bos,n_bos", [(LLAMA3, True, 1), (GEMMA, True, 1), (CHATML, False, 0), ("smollm2", False, None)],
+                         ids=["llama3", "gemma", "chatml", "smollm2"])
+def test_chat_templates_give_apply_chat_templates_tokens_with_one_bos_at_most(tokenizer, template, adds_bos, n_bos):
+    """Token for token what the model's own tokenizer and template produce: the BOS once when the
+    template writes it (even where the tokenizer would also add one), none for ChatML. (SmolLM2's
+    BOS is <|im_start|>, which opens every turn.)"""
+    tok = tokenizer if template == "smollm2" else offline_tokenizer(template, adds_bos)
+    for prompt, response in CONVERSATIONS:
+        if template == GEMMA and prompt[0]["role"] == "system":
+            with pytest.raises(InputError, match="chat template refuses this conversation.*System role not supported") as e:
+                encode(tok, prompt, response, 256, Origin("pool.jsonl", line=3))
+            assert e.value.line == 3
+            continue
+        enc = encode(tok, prompt, response, 256, Origin("x"))
+        full = tok.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=True)["input_ids"]
+        head = tok.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)["input_ids"]
+        assert list(enc.input_ids) == full and enc.n_prompt == len(head)
+        assert n_bos is None or enc.input_ids.count(tok.bos_token_id) == n_bos
+
+
+@pytest.mark.parametrize("adds_bos", [True, False], ids=["gemma-like base", "gpt-neox-like base"])
+def test_without_a_template_the_plain_layout_starts_as_the_tokenizer_does(adds_bos):
+    """A base model's text gets the BOS exactly where its tokenizer adds one by default (Gemma 3:
+    mean response NLL 5.35 without it, 3.30 with it), the documented layout, and the EOS at the end."""
+    tok = offline_tokenizer(None, adds_bos)
+    prompt, response = CONVERSATIONS[1]
+    enc = encode(tok, prompt, response, 256, Origin("x"))
+    head = ("<|system|>\nAnswer briefly.\n<|user|>\nWhat is two plus two?\n<|assistant|>\nFour.\n"
+            "<|user|>\nAnd in digits?\n<|assistant|>\n")
+    assert list(enc.input_ids) == tok(head + response + "<eos>")["input_ids"]  # the tokenizer's own special tokens
+    assert enc.n_prompt == len(tok(head)["input_ids"])
+    assert (enc.input_ids[0] == tok.bos_token_id) == adds_bos and enc.input_ids.count(tok.bos_token_id) == adds_bos
+    assert enc.input_ids[-1] == tok.eos_token_id
