@@ -172,3 +172,22 @@ def test_a_model_whose_attention_kernels_disagree_is_refused_before_any_stage():
     assert "\n" not in str(e.value)
     check_model_support(tiny_model("Qwen2MoeConfig", dict(MOE, moe_intermediate_size=16, shared_expert_intermediate_size=16)),
                         "tiny-qwen2-moe", max_length=64)  # the same family without the window is fine
+
+
+def test_the_pipeline_refuses_such_a_model_before_it_writes_anything(tmp_path, demo_files, tokenizer):
+    """Loaded by name as a user would (a model folder with its tokenizer), the model is refused by
+    `rose run` in one line before the warm-up, and the run directory is never created."""
+    from conftest import tiny_config
+
+    from rose.pipeline import run_stages
+
+    torch.manual_seed(0)
+    config = transformers.Qwen2MoeConfig(**{**TINY, **MOE, "vocab_size": len(tokenizer)}, moe_intermediate_size=16,
+                                         shared_expert_intermediate_size=16, use_sliding_window=True, sliding_window=5, max_window_layers=2)
+    folder = tmp_path / "tiny-qwen2-moe"
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"tiny-qwen2-moe \(Qwen2MoeForCausalLM\) is not supported"):
+        run_stages(tiny_config(run_dir, demo_files, **{"model.name": str(folder), "model.device": "cpu"}))
+    assert not run_dir.exists()

@@ -19,6 +19,7 @@ from .registry import stages_for
 from .report import render_report
 from .stages import STAGES
 from .store import MANIFEST, atomic_write_text, folder_lock, read_json, write_json
+from .support import check_model_support
 
 log = logging.getLogger("rose")
 
@@ -50,7 +51,7 @@ def preflight(run: Run, stages: Sequence[str]) -> None:
     for name in run.inputs.needed(stages):
         getattr(run, tokenised[name])  # reading a lazy property of the Run tokenises that input
     if set(stages) - {"score", "select"} or run.config.select.method == "embedding":
-        run.model
+        check_model_support(run.model, run.config.model.name, run.config.model.max_length)  # loads it; refuses a family it gets wrong
     for name in stages:
         run.stage(name).is_done()  # raises if another config wrote this stage's folder
 
