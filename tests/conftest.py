@@ -53,6 +53,18 @@ def base_model():
     return load_model(ModelConfig(dtype="float32", device="cpu"))
 
 
+def tiny_llama(vocab_size: int, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A 2-layer, 32-wide Llama with random weights, built offline from its config: for behaviour
+    that does not depend on what a model knows (training, resuming, mixed precision) at a small
+    fraction of SmolLM2's cost. `vocab_size` covers the tokenizer the examples were encoded with."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(config).to(dtype).eval()
+
+
 def lora_model(dtype: str = "float32", r: int = 4, seed: int = 0):
     """A fresh SmolLM2 with LoRA whose B matrices are non-zero, so policy != reference."""
     torch.manual_seed(seed)
