@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
+from .hub import is_hub, parse_hub
 
 
 def _f(default: Any, help: str, path: bool = False, check: Callable[[str, Any], None] | None = None) -> Any:
@@ -110,6 +111,25 @@ def subtask_spec(name: str, value: Any) -> None:
     raise ConfigError(f"{name}: unknown value {_short(value)}; expected file, field, none or a positive number of blocks")
 
 
+def source_spec(name: str, value: Any) -> None:
+    """A path, or a hub dataset in rose's syntax (checked here, so a typo fails before anything loads)."""
+    nonempty_text(name, value)
+    if is_hub(value):
+        try:
+            parse_hub(value)
+        except InputError as e:
+            raise ConfigError(f"{name}: {e}") from None
+
+
+def column_map(*names: str) -> Callable[[str, Any], None]:
+    """A mapping from some of rose's column names to the source's column names."""
+    def check(name: str, value: Any) -> None:
+        for key, column in value.items():
+            one_of(*names)(f"{name} key", key)
+            nonempty_text(f"{name}[{key}]", column)
+    return check
+
+
 FRACTION = number(0, 1, low_open=True)
 POSITIVE = integer(1)
 NON_NEGATIVE = integer(0)
@@ -169,7 +189,8 @@ class LoraSettings(Section):
 
 @dataclass
 class PreferenceSource(Section):
-    paths: list[str] = _f([], "Preference files (jsonl/json, gzipped or not); globs allowed.", path=True, check=each(nonempty_text))
+    paths: list[str] = _f([], "Preference sources: jsonl/json (gzipped or not), parquet, arrow, save_to_disk folders or "
+                              "hf://OWNER/NAME[/CONFIG][@REVISION][:SPLIT]; globs allowed.", path=True, check=each(source_spec))
     format: str = _f("auto", "rose (paper's dict keyed by prompt), trl ({prompt, chosen, rejected}), hh (transcripts) or auto.",
                      check=one_of("auto", "rose", "trl", "hh"))
     pairs: str = _f("target", "ROSE format only: 'target' = one (sft_target, rejected_target) pair per prompt; 'all' = every pair.",
@@ -177,18 +198,32 @@ class PreferenceSource(Section):
     subtasks: str | int = _f("file", "Subtasks for the max-over-subtasks score: file, field, none, or N contiguous blocks.",
                              check=subtask_spec)
     limit: int | None = _f(None, "Use at most this many pairs (seeded random sample), for quick runs.", check=optional(POSITIVE))
+    columns: dict[str, str] = _f({}, "Column names of TRL/HH rows where they differ from rose's, e.g. "
+                                     "{prompt: question, chosen: good, rejected: bad}; keys: prompt, chosen, rejected, subtask.",
+                                 check=column_map("prompt", "chosen", "rejected", "subtask"))
 
 
 @dataclass
 class DataConfig(Section):
-    pool: list[str] = _f([], "Training pool files in LESS format ({dataset, id, messages}); globs allowed.", path=True, check=each(nonempty_text))
+    pool: list[str] = _f([], "Training pool sources: jsonl/json (gzipped or not), parquet, arrow, save_to_disk folders or "
+                             "hf://OWNER/NAME[/CONFIG][@REVISION][:SPLIT] (split default train); globs allowed. Rows: "
+                             "{messages}, TRL {prompt, completion} (strings or messages) or {text} (see response_template).",
+                         path=True, check=each(source_spec))
+    columns: dict[str, str] = _f({}, "Pool column names where they differ from rose's, e.g. {prompt: instruction, "
+                                     "completion: output}; keys: messages, prompt, completion, text, id, dataset.",
+                                 check=column_map("messages", "prompt", "completion", "text", "id", "dataset"))
+    response_template: str | None = _f(None, "For pool rows of plain text: the marker the response follows (e.g. "
+                                             "'### Assistant:'); the text before its last occurrence is the prompt "
+                                             "(one user message, or Human/Assistant turns), the text after it the response.",
+                                       check=optional(nonempty_text))
     pool_limit: int | None = _f(None, "Use a seeded random subset of this many pool examples (quick runs).", check=optional(POSITIVE))
     validation: PreferenceSource = field(default_factory=PreferenceSource, metadata={"help": "Few-shot preference set of the target task."})
     heldout: PreferenceSource = field(default_factory=lambda: PreferenceSource(pairs="all"), metadata={"help": "Held-out preference pairs for evaluation."})
     heldout_exclude_validation: bool = _f(True, "Drop held-out pairs whose prompt is a validation prompt.")
     heldout_exclude: list[str] = _f([], "Also drop held-out pairs whose prompt is in these preference files "
-                                        "(e.g. every shot set of a few-shot sweep, so all share one held-out set).", path=True, check=each(nonempty_text))
-    test: list[str] = _f([], "Test prompts with golden answers ({prompt, golden_answer}); globs allowed.", path=True, check=each(nonempty_text))
+                                        "(e.g. every shot set of a few-shot sweep, so all share one held-out set).", path=True, check=each(source_spec))
+    test: list[str] = _f([], "Test prompts with golden answers ({prompt, golden_answer}), from any source the pool "
+                             "may be; globs allowed.", path=True, check=each(source_spec))
     test_limit: int | None = _f(None, "Use at most this many test prompts (seeded random sample).", check=optional(POSITIVE))
     empty_responses: str = _f("error", "A preference pair or test answer with an empty response: error, or skip it.",
                               check=one_of("error", "skip"))
@@ -370,6 +405,8 @@ def _resolve_paths(value: Any, base_dir: Path) -> Any:
         return {k: _resolve_paths(v, base_dir) for k, v in value.items()}
     if isinstance(value, list):
         return [_resolve_paths(v, base_dir) for v in value]
+    if is_hub(value):
+        return value
     path = Path(value).expanduser()
     return os.path.normpath(path if path.is_absolute() else base_dir / path)
 

@@ -7,11 +7,15 @@ class RoseError(Exception):
     """Base class: something about the user's input, config or run directory is wrong."""
 
 
-def location(path: object, line: int | None = None, entry: int | str | None = None, field: str | None = None) -> str:
-    """'file, line N, entry E, field F': where in the input something is."""
+def location(path: object, line: int | None = None, entry: int | str | None = None, field: str | None = None,
+             row: int | None = None) -> str:
+    """'file, line N, entry E, field F' (or 'source, row R, ...' for a table, R counted from 0 as
+    `dataset[R]` does): where in the input something is."""
     where = [str(path)]
     if line is not None:
         where.append(f"line {line}")
+    if row is not None:
+        where.append(f"row {row}")
     if entry is not None:
         where.append(f"entry {entry!r}" if isinstance(entry, str) else f"entry {entry}")
     if field is not None:
@@ -20,7 +24,7 @@ def location(path: object, line: int | None = None, entry: int | str | None = No
 
 
 class InputError(RoseError):
-    """A data or model file is missing or malformed; names the file, and the line/entry and field."""
+    """A data or model file is missing or malformed; names the file, and the line/entry/row and field."""
 
     def __init__(
         self,
@@ -30,9 +34,10 @@ class InputError(RoseError):
         line: int | None = None,
         entry: int | str | None = None,
         field: str | None = None,
+        row: int | None = None,
     ) -> None:
-        self.path, self.line, self.entry, self.field = str(path), line, entry, field
-        super().__init__(f"{location(path, line, entry, field)}: {message}")
+        self.path, self.line, self.entry, self.field, self.row = str(path), line, entry, field, row
+        super().__init__(f"{location(path, line, entry, field, row)}: {message}")
 
 
 class PromptTooLong(InputError):

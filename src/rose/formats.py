@@ -1,50 +1,38 @@
 """Readers for every data format rose accepts, each row checked and turned into a typed record.
 
-Pool rows (LESS):            {"dataset", "id", "messages": [{"role", "content"}, ...]}
+Rows come from any source `sources.py` opens (JSON lines/JSON, parquet, arrow, save_to_disk
+folders, hub datasets). Their shapes:
+Pool rows, three ways:       LESS {"dataset", "id", "messages": [{"role", "content"}, ...]}; TRL
+                             {"prompt", "completion"} as strings or as message lists; plain
+                             {"text"} cut at a response marker (`response_template`).
 Preference sets, three ways: the ROSE paper's dict keyed by prompt ({"responses", "pairs",
                              "sft_target", "rejected_target"}), TRL rows ({"prompt", "chosen",
                              "rejected"}) and Anthropic HH transcripts ({"chosen", "rejected"}).
 Test sets:                   [{"prompt", "golden_answer"}]
+A `columns` mapping names the source's columns where they differ ({"prompt": "instruction"}).
 
 Prompts written as Anthropic transcripts ("\\n\\nHuman: ...\\n\\nAssistant:") become chat messages,
 so every record is rendered through the model's own chat template (see `encoding.py`).
-Every error names the file, the line (jsonl) or entry (json), and the field.
+Every error names the source, the line (jsonl), entry (json) or row (tables), and the field.
 """
 
 from __future__ import annotations
 
-import codecs
-import gzip
 import json
 import logging
 import re
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import InputError, location
+from .errors import InputError
+from .sources import Origin, iter_records, short, source_name
 
 log = logging.getLogger("rose")
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where a record came from, so later errors (e.g. an over-long prompt) can point at it."""
-
-    path: str
-    line: int | None = None
-    entry: int | str | None = None
-
-    def error(self, message: str, field: str | None = None) -> InputError:
-        return InputError(self.path, message, line=self.line, entry=self.entry, field=field)
-
-    def __str__(self) -> str:
-        return location(self.path, self.line, self.entry)
 
 
 @dataclass(frozen=True)
@@ -81,89 +69,7 @@ class TestPrompt:
     origin: Origin
 
 
-# ----------------------------------------------------------------------------- raw records
-
-
-def _open_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:  # zlib.error: corrupt (not only truncated) gzip data
-        raise InputError(path, f"cannot read file ({type(e).__name__}: {_short(e)})") from e
-
-
-def _base_suffix(path: Path) -> str:
-    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
-
-
-def _short(value: object, limit: int = 80) -> str:
-    """A value or message cut to one short line, for error messages that must fit one line."""
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _parse(text: str, raw: bytes, where: Origin) -> Any:
-    """json.loads, with every way a document can be unusable turned into an InputError at `where`."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        at = where if where.line is not None else Origin(where.path, line=e.lineno)  # a whole .json: its line
-        raise at.error(f"malformed JSON: {e.msg} at column {e.colno}") from e
-    except RecursionError as e:
-        raise where.error("JSON nested too deeply") from e
-    if _ESCAPED_SURROGATE.search(raw):  # \ud800-style escapes: valid JSON, but a lone one is no Unicode text
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise where.error("not valid Unicode (a lone surrogate escape such as \\ud800)") from e
-        except RecursionError as e:
-            raise where.error("JSON nested too deeply") from e
-    return value
-
-
-def _decode(raw: bytes, where: Origin) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if where.line is None:  # a whole .json document: name the line the bad byte is on
-            where = Origin(where.path, line=raw[: e.start].count(b"\n") + 1)
-        raise where.error(f"not valid UTF-8 (byte {e.start})") from e
-
-
-def iter_records(path: str | Path) -> Iterator[tuple[Origin, Any]]:
-    """Yield (origin, parsed JSON value) for each row of a .jsonl/.json file, gzipped or not.
-
-    A .json file holding a list yields its entries; one holding an object yields (key, value) pairs.
-    A UTF-8 byte-order mark at the start (as some Windows tools write) is ignored.
-    """
-    path = Path(path)
-    suffix = _base_suffix(path)
-    if suffix not in (".jsonl", ".json"):
-        raise InputError(path, "unsupported file type: expected .jsonl, .json, .jsonl.gz or .json.gz")
-    data = _open_bytes(path).removeprefix(codecs.BOM_UTF8)
-    if suffix == ".jsonl":
-        for number, raw in enumerate(data.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            origin = Origin(str(path), line=number)
-            yield origin, _parse(_decode(raw, origin), raw, origin)
-        return
-    doc = _parse(_decode(data, Origin(str(path))), data, Origin(str(path)))
-    if isinstance(doc, list):
-        for i, value in enumerate(doc):
-            yield Origin(str(path), entry=i), value
-    elif isinstance(doc, dict):
-        for key, value in doc.items():
-            yield Origin(str(path), entry=_short(key, 60)), (key, value)
-    else:
-        raise InputError(path, f"expected a JSON list or object at top level, got {type(doc).__name__}")
+# ----------------------------------------------------------------------------- fields
 
 
 def _field(origin: Origin, row: Any, name: str, kind: type | tuple[type, ...], prefix: str = "") -> Any:
@@ -192,7 +98,7 @@ def _messages(origin: Origin, value: Any, field: str) -> tuple[Message, ...]:
     for i, m in enumerate(value):
         role = _field(origin, m, "role", str, f"{field}[{i}].")
         if role not in ROLES:
-            raise origin.error(f"unknown role {_short(repr(role), 40)}; expected one of {', '.join(ROLES)}", field=f"{field}[{i}].role")
+            raise origin.error(f"unknown role {short(repr(role), 40)}; expected one of {', '.join(ROLES)}", field=f"{field}[{i}].role")
         out.append({"role": role, "content": _text(origin, m, "content", f"{field}[{i}].")})
     return tuple(out)
 
@@ -223,12 +129,12 @@ def parse_transcript(text: str, origin: Origin, field: str) -> tuple[Message, ..
     return tuple(messages)
 
 
-def split_transcripts(chosen: str, rejected: str, origin: Origin) -> tuple[str, str, str]:
+def split_transcripts(chosen: str, rejected: str, origin: Origin, field: str) -> tuple[str, str, str]:
     """Split two HH transcripts into (shared prompt, chosen response, rejected response).
 
     The prompt is the dialogue both share, up to and including its last "\\n\\nAssistant:". For
     well-formed pairs that is each transcript's last Assistant turn; a few HH-RLHF pairs diverge
-    earlier, and then the responses carry the rest of each dialogue.
+    earlier, and then the responses carry the rest of each dialogue. `field`: the column errors name.
     """
     shared = 0
     for a, b in zip(chosen, rejected):
@@ -237,7 +143,7 @@ def split_transcripts(chosen: str, rejected: str, origin: Origin) -> tuple[str, 
         shared += 1
     cut = chosen.rfind("\n\nAssistant:", 0, shared)
     if cut < 0:
-        raise origin.error("the two transcripts share no '\\n\\nAssistant:' turn", field="chosen")
+        raise origin.error("the two transcripts share no '\\n\\nAssistant:' turn", field=field)
     cut += len("\n\nAssistant:")
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
@@ -245,24 +151,93 @@ def split_transcripts(chosen: str, rejected: str, origin: Origin) -> tuple[str, 
 # ----------------------------------------------------------------------------- pool
 
 
-def read_pool(paths: Sequence[str | Path]) -> list[Example]:
-    """Read LESS-format instruction rows from one or more files, in order; ids must be unique."""
+POOL_COLUMNS = ("messages", "prompt", "completion", "text", "id", "dataset")
+
+
+def _object(origin: Origin, row: Any) -> dict:
+    if not isinstance(row, dict):
+        raise origin.error(f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _given(row: dict, name: str) -> bool:
+    """Whether a row has a value under `name` (tables hold None where a row has none)."""
+    return row.get(name) is not None
+
+
+def _prompt(origin: Origin, row: dict, name: str) -> tuple[Message, ...]:
+    """A prompt given as chat messages, or as a string: an Anthropic transcript or one user message."""
+    if isinstance(_field(origin, row, name, (str, list)), list):
+        return _messages(origin, row[name], name)
+    return parse_transcript(_text(origin, row, name), origin, name)
+
+
+def _prompt_completion(origin: Origin, row: dict, prompt: str, completion: str) -> tuple[Message, ...]:
+    """TRL's prompt-completion rows: two strings, or a prompt and a completion as message lists."""
+    messages = _prompt(origin, row, prompt)
+    if isinstance(_field(origin, row, completion, (str, list)), str):
+        _text(origin, row, completion)
+    return (*messages, {"role": "assistant", "content": _response_text(origin, row, completion)})
+
+
+def _split_text(origin: Origin, row: dict, name: str, response_template: str | None) -> tuple[Message, ...]:
+    """A plain text row cut at the last `response_template`: the prompt before it, the response after it."""
+    text = _text(origin, row, name)
+    if response_template is None:
+        raise origin.error("a text row needs data.response_template, the marker its response follows", field=name)
+    cut = text.rfind(response_template)
+    if cut < 0:
+        raise origin.error(f"no response marker {short(repr(response_template), 40)} in the text", field=name)
+    head, response = text[:cut], text[cut + len(response_template):].strip()
+    if not head.strip():
+        raise origin.error("no prompt before the response marker", field=name)
+    if not response:
+        raise origin.error("empty response after the response marker", field=name)
+    return (*parse_transcript(head, origin, name), {"role": "assistant", "content": response})
+
+
+def pool_messages(origin: Origin, row: Any, columns: Mapping[str, str], response_template: str | None) -> tuple[Message, ...]:
+    """The conversation of one pool row of any shape; the last message is the response."""
+    col = {name: columns.get(name, name) for name in POOL_COLUMNS}
+    row = _object(origin, row)
+    if _given(row, col["messages"]):
+        messages = _messages(origin, _field(origin, row, col["messages"], list), col["messages"])
+        field = col["messages"]
+    elif _given(row, col["prompt"]) or _given(row, col["completion"]):
+        messages, field = _prompt_completion(origin, row, col["prompt"], col["completion"]), col["prompt"]
+    elif _given(row, col["text"]):
+        messages, field = _split_text(origin, row, col["text"], response_template), col["text"]
+    else:
+        raise origin.error(f"missing field; a pool row needs '{col['messages']}', '{col['prompt']}' and "
+                           f"'{col['completion']}', or '{col['text']}' (data.columns maps other names)", field=col["messages"])
+    if messages[-1]["role"] != "assistant":
+        raise origin.error("the last message must be the assistant's response", field=field)
+    if not any(m["role"] == "user" for m in messages[:-1]):
+        raise origin.error("no user message before the response", field=field)
+    return messages
+
+
+def read_pool(
+    paths: Sequence[str | Path], columns: Mapping[str, str] | None = None, response_template: str | None = None
+) -> list[Example]:
+    """Read instruction rows from one or more sources, in order; ids must be unique.
+
+    `columns` maps rose's names (POOL_COLUMNS) to the source's where they differ; `response_template`
+    is the marker a plain text row's response follows. `Example.row` is the row as the source holds
+    it, so the selection is written in the pool's own format.
+    """
+    columns = dict(columns or {})
+    id_col, source_col = columns.get("id", "id"), columns.get("dataset", "dataset")
     examples: list[Example] = []
     seen: dict[str, Origin] = {}
     for path in paths:
-        default_source = Path(path).name.split(".")[0]
+        default_source = source_name(path)
         for index, (origin, row) in enumerate(iter_records(path)):
-            messages = _messages(origin, _field(origin, row, "messages", list), "messages")
-            if messages[-1]["role"] != "assistant":
-                raise origin.error("the last message must be the assistant's response", field="messages")
-            if not any(m["role"] == "user" for m in messages[:-1]):
-                raise origin.error("no user message before the response", field="messages")
-            source = _field(origin, row, "dataset", str) if "dataset" in row else default_source
-            ex_id = _field(origin, row, "id", (str, int)) if "id" in row else f"{source}_{index}"
-            ex_id = str(ex_id)
+            messages = pool_messages(origin, row, columns, response_template)
+            source = _field(origin, row, source_col, str) if _given(row, source_col) else default_source
+            ex_id = str(_field(origin, row, id_col, (str, int)) if _given(row, id_col) else f"{source}_{index}")
             if ex_id in seen:
-                first = seen[ex_id]
-                raise origin.error(f"duplicate id {ex_id!r} (first seen at {first.path} line {first.line})", field="id")
+                raise origin.error(f"duplicate id {ex_id!r} (first seen at {seen[ex_id]})", field=id_col)
             seen[ex_id] = origin
             examples.append(Example(ex_id, source, messages, row, origin))
     return examples
@@ -272,15 +247,16 @@ def read_pool(paths: Sequence[str | Path]) -> list[Example]:
 
 PreferenceFormat = Literal["auto", "rose", "trl", "hh"]
 PairChoice = Literal["target", "all"]
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "subtask")
 
 
-def _detect_format(path: str | Path) -> str:
+def _detect_format(path: str | Path, col: Mapping[str, str]) -> str:
     for origin, value in iter_records(path):
         if isinstance(value, tuple):
             return "rose"
-        if isinstance(value, dict) and "prompt" in value:
+        if isinstance(value, dict) and _given(value, col["prompt"]):
             return "trl"
-        if isinstance(value, dict) and "chosen" in value:
+        if isinstance(value, dict) and _given(value, col["chosen"]):
             return "hh"
         raise origin.error("cannot tell the preference format; set format: rose, trl or hh")
     raise InputError(path, "empty preference file")
@@ -299,7 +275,7 @@ def _rose_pairs(path: str | Path, choice: PairChoice) -> Iterator[tuple[Origin, 
         for j, pair in enumerate(_field(origin, row, "pairs", list)):
             ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and 0 <= i < len(responses) for i in pair)
             if not ok:
-                raise origin.error(f"expected [chosen_index, rejected_index] into responses, got {_short(repr(pair), 40)}", field=f"pairs[{j}]")
+                raise origin.error(f"expected [chosen_index, rejected_index] into responses, got {short(repr(pair), 40)}", field=f"pairs[{j}]")
             for i in pair:
                 if not isinstance(responses[i], str):
                     raise origin.error(f"expected str, got {type(responses[i]).__name__}", field=f"responses[{i}]")
@@ -316,20 +292,17 @@ def _response_text(origin: Origin, row: dict, name: str) -> str:
     return value
 
 
-def _trl_pairs(path: str | Path) -> Iterator[tuple[Origin, tuple[Message, ...], str, str, dict]]:
+def _trl_pairs(path: str | Path, col: Mapping[str, str]) -> Iterator[tuple[Origin, tuple[Message, ...], str, str, dict]]:
     for origin, row in iter_records(path):
-        raw_prompt = _field(origin, row, "prompt", (str, list))
-        if isinstance(raw_prompt, list):
-            prompt = _messages(origin, raw_prompt, "prompt")
-        else:
-            prompt = parse_transcript(_text(origin, row, "prompt"), origin, "prompt")
-        yield origin, prompt, _response_text(origin, row, "chosen"), _response_text(origin, row, "rejected"), row
+        prompt = _prompt(origin, _object(origin, row), col["prompt"])
+        yield origin, prompt, _response_text(origin, row, col["chosen"]), _response_text(origin, row, col["rejected"]), row
 
 
-def _hh_pairs(path: str | Path) -> Iterator[tuple[Origin, tuple[Message, ...], str, str]]:
+def _hh_pairs(path: str | Path, col: Mapping[str, str]) -> Iterator[tuple[Origin, tuple[Message, ...], str, str]]:
     for origin, row in iter_records(path):
-        prompt, chosen, rejected = split_transcripts(_text(origin, row, "chosen"), _text(origin, row, "rejected"), origin)
-        yield origin, parse_transcript(prompt, origin, "chosen"), chosen, rejected
+        chosen, rejected = _text(origin, row, col["chosen"]), _text(origin, row, col["rejected"])
+        prompt, chosen, rejected = split_transcripts(chosen, rejected, origin, col["chosen"])
+        yield origin, parse_transcript(prompt, origin, col["chosen"]), chosen, rejected
 
 
 def read_preferences(
@@ -338,30 +311,33 @@ def read_preferences(
     pairs: PairChoice = "target",
     subtasks: str | int = "file",
     empty: Literal["error", "skip"] = "error",
+    columns: Mapping[str, str] | None = None,
 ) -> list[PreferencePair]:
-    """Read preference pairs from files in any supported format, then assign subtasks.
+    """Read preference pairs from sources in any supported format, then assign subtasks.
 
     `pairs` (ROSE format only): "target" takes the one (sft_target, rejected_target) pair per prompt
     that ROSE's DPO validation gradient uses; "all" takes every listed pair.
     `subtasks`: see `assign_subtasks`. `empty`: a pair with an empty response is an error, or is
     skipped (HH-RLHF's own test split has a few). A pair whose two responses are the same text is
     dropped with a warning (two HH validation sets hold one each); a file of nothing else is an error.
+    `columns` (TRL and HH rows) maps PREFERENCE_COLUMNS to the source's names where they differ.
     """
+    col = {name: (columns or {}).get(name, name) for name in PREFERENCE_COLUMNS}
     records: list[PreferencePair] = []
     identical: list[Origin] = []
     for path in paths:
-        kind = _detect_format(path) if fmt == "auto" else fmt
-        stem = Path(path).name.split(".")[0]
+        kind = _detect_format(path, col) if fmt == "auto" else fmt
+        stem = source_name(path)
         if kind == "rose":
             rows = ((o, p, c, r, {}) for o, p, c, r in _rose_pairs(path, pairs))
         elif kind == "trl":
-            rows = _trl_pairs(path)
+            rows = _trl_pairs(path, col)
         elif kind == "hh":
-            rows = ((o, p, c, r, {}) for o, p, c, r in _hh_pairs(path))
+            rows = ((o, p, c, r, {}) for o, p, c, r in _hh_pairs(path, col))
         else:
             raise InputError(path, f"unknown preference format {kind!r}; expected auto, rose, trl or hh")
         for i, (origin, prompt, chosen, rejected, row) in enumerate(rows):
-            blank = [name for name, text in (("chosen", chosen), ("rejected", rejected)) if not text.strip()]
+            blank = [col[name] for name, text in (("chosen", chosen), ("rejected", rejected)) if not text.strip()]
             if blank and empty == "skip":
                 continue
             if blank:
@@ -369,13 +345,13 @@ def read_preferences(
             if chosen.strip() == rejected.strip():  # no preference to learn: its DPO gradient is zero
                 identical.append(origin)
                 continue
-            subtask = row.get("subtask", "") if subtasks == "field" else stem
+            subtask = row.get(col["subtask"], "") if subtasks == "field" else stem
             if subtasks == "field" and (not isinstance(subtask, str) or not subtask):
-                raise origin.error("expected a non-empty string", field="subtask")
+                raise origin.error("expected a non-empty string", field=col["subtask"])
             records.append(PreferencePair(f"{stem}:{i}", prompt, chosen.strip(), rejected.strip(), subtask, origin))
     if identical and not records:
         raise identical[0].error(f"all {len(identical)} pairs have identical chosen and rejected responses; "
-                                 "a preference set needs pairs that differ", field="rejected")
+                                 "a preference set needs pairs that differ", field=col["rejected"])
     if identical:
         log.warning("dropped %d preference pair(s) whose chosen and rejected responses are identical (first: %s)",
                     len(identical), identical[0])
@@ -397,12 +373,12 @@ def assign_subtasks(records: list, subtasks: str | int) -> list:
         return [replace(r, subtask="all") for r in records]
     if isinstance(subtasks, int) and not isinstance(subtasks, bool) and subtasks > 0:
         # blocks count prompts (file entries), not pairs: a ROSE prompt can hold several pairs
-        units = list(dict.fromkeys((r.origin.path, r.origin.line, r.origin.entry) for r in records))
+        units = list(dict.fromkeys(r.origin for r in records))
         if len(units) % subtasks:
             raise InputError(records[0].origin.path, f"{len(units)} prompts cannot be split into {subtasks} equal subtask blocks", field="subtasks")
         size = len(units) // subtasks
         block = {u: i // size for i, u in enumerate(units)}
-        return [replace(r, subtask=f"block{block[(r.origin.path, r.origin.line, r.origin.entry)]:02d}") for r in records]
+        return [replace(r, subtask=f"block{block[r.origin]:02d}") for r in records]
     raise InputError(records[0].origin.path, f"unknown subtasks setting {subtasks!r}; expected file, field, none or a positive integer")
 
 
@@ -413,7 +389,7 @@ def read_test_prompts(paths: Sequence[str | Path], empty: Literal["error", "skip
     """Read {prompt, golden_answer} rows; the subtask is the file's name. `empty`: as in read_preferences."""
     out = []
     for path in paths:
-        stem = Path(path).name.split(".")[0]
+        stem = source_name(path)
         for i, (origin, row) in enumerate(iter_records(path)):
             prompt = parse_transcript(_text(origin, row, "prompt"), origin, "prompt")
             golden = _field(origin, row, "golden_answer", str).strip()
@@ -426,7 +402,8 @@ def read_test_prompts(paths: Sequence[str | Path], empty: Literal["error", "skip
 
 
 def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
-    """Write rows as UTF-8 JSON lines (atomically: the file appears complete or not at all)."""
+    """Write rows as UTF-8 JSON lines (atomically: the file appears complete or not at all). Values
+    JSON has no type for (a table's dates, say) are written as their text."""
     from .store import atomic_write_text
 
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))

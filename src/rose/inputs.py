@@ -67,7 +67,7 @@ class RunInputs:
 
     @cached_property
     def pool(self) -> list[Example]:
-        rows = read_pool(self.pool_files)
+        rows = read_pool(self.pool_files, self.config.data.columns, self.config.data.response_template)
         if not rows:
             raise InputError(", ".join(self.pool_files), "the pool files hold no rows")
         return [rows[i] for i in sample_indices(len(rows), self.config.data.pool_limit, self.config.seed)]
@@ -76,7 +76,7 @@ class RunInputs:
         files = expand_globs(source.paths)
         if not files:
             raise InputError("data", "no preference files configured", field="paths")
-        pairs = read_preferences(files, source.format, source.pairs, source.subtasks, self.config.data.empty_responses)
+        pairs = read_preferences(files, source.format, source.pairs, source.subtasks, self.config.data.empty_responses, source.columns)
         return [pairs[i] for i in sample_indices(len(pairs), source.limit, self.config.seed + seed_offset)]
 
     @cached_property
