@@ -196,9 +196,9 @@ def _split_text(origin: Origin, row: dict, name: str, response_template: str | N
     return (*parse_transcript(head, origin, name), {"role": "assistant", "content": response})
 
 
-def pool_messages(origin: Origin, row: Any, columns: Mapping[str, str], response_template: str | None) -> tuple[Message, ...]:
-    """The conversation of one pool row of any shape; the last message is the response."""
-    col = {name: columns.get(name, name) for name in POOL_COLUMNS}
+def pool_messages(origin: Origin, row: Any, col: Mapping[str, str], response_template: str | None) -> tuple[Message, ...]:
+    """The conversation of one pool row of any shape; the last message is the response.
+    `col`: the source's name of each of POOL_COLUMNS."""
     row = _object(origin, row)
     if _given(row, col["messages"]):
         messages = _messages(origin, _field(origin, row, col["messages"], list), col["messages"])
@@ -226,18 +226,17 @@ def read_pool(
     is the marker a plain text row's response follows. `Example.row` is the row as the source holds
     it, so the selection is written in the pool's own format.
     """
-    columns = dict(columns or {})
-    id_col, source_col = columns.get("id", "id"), columns.get("dataset", "dataset")
+    col = {name: (columns or {}).get(name, name) for name in POOL_COLUMNS}
     examples: list[Example] = []
     seen: dict[str, Origin] = {}
     for path in paths:
         default_source = source_name(path)
         for index, (origin, row) in enumerate(iter_records(path)):
-            messages = pool_messages(origin, row, columns, response_template)
-            source = _field(origin, row, source_col, str) if _given(row, source_col) else default_source
-            ex_id = str(_field(origin, row, id_col, (str, int)) if _given(row, id_col) else f"{source}_{index}")
+            messages = pool_messages(origin, row, col, response_template)
+            source = _field(origin, row, col["dataset"], str) if _given(row, col["dataset"]) else default_source
+            ex_id = str(_field(origin, row, col["id"], (str, int)) if _given(row, col["id"]) else f"{source}_{index}")
             if ex_id in seen:
-                raise origin.error(f"duplicate id {ex_id!r} (first seen at {seen[ex_id]})", field=id_col)
+                raise origin.error(f"duplicate id {ex_id!r} (first seen at {seen[ex_id]})", field=col["id"])
             seen[ex_id] = origin
             examples.append(Example(ex_id, source, messages, row, origin))
     return examples
