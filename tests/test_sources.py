@@ -193,7 +193,8 @@ def hub_cache(tmp_path, monkeypatch):
     cache.mkdir(parents=True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     hub.load_split.cache_clear()
     yield cache
@@ -222,7 +223,8 @@ def test_hub_dataset_not_cached_fails_with_a_hint(hub_cache):
         read_pool(["hf://rose-tests/Nowhere:train"])
     message = str(e.value)
     assert message.startswith("hf://rose-tests/Nowhere:train: not in the local Hugging Face cache") and "\n" not in message
-    assert "cannot be reached" in message and "datasets.load_dataset('rose-tests/Nowhere', split='train')" in message
+    assert f"the hub ({huggingface_hub.constants.ENDPOINT}) cannot be reached" in message
+    assert "datasets.load_dataset('rose-tests/Nowhere', split='train')" in message
 
 
 def test_hub_revision_is_checked_against_the_cached_commit_offline(hub_cache):

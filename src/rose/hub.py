@@ -57,13 +57,19 @@ def parse_hub(spec: str) -> HubDataset:
     return HubDataset(spec, match["repo"], match["config"], match["revision"], match["split"] or "train")
 
 
-def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint (or the proxy in front of it) opens within `timeout` seconds."""
-    url = urlsplit(endpoint)
-    proxy = urllib.request.getproxies().get(url.scheme)
-    target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(url.hostname or "") else url
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint (or the proxy in front of it) opens within
+    `timeout` seconds; False at once under HF_HUB_OFFLINE. Torch-free, for models and datasets alike."""
+    import huggingface_hub.constants
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlsplit(huggingface_hub.constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(endpoint.hostname or "") else endpoint
+    port = target.port or (443 if target.scheme == "https" else 80)
     try:
-        socket.create_connection((target.hostname, target.port or (443 if target.scheme == "https" else 80)), timeout=timeout).close()
+        socket.create_connection((target.hostname, port), timeout=timeout).close()
     except (OSError, UnicodeError):
         return False
     return True
@@ -88,15 +94,18 @@ def load_split(spec: str) -> Any:
     """The `datasets.Dataset` of a hub split (loaded once per process: reading and digesting share it)."""
     import datasets
     import datasets.config
+    import huggingface_hub.constants
     from datasets.exceptions import DatasetsError
 
     ref = parse_hub(spec)
-    offline = datasets.config.HF_HUB_OFFLINE or not hub_reachable(datasets.config.HF_ENDPOINT)
+    offline = datasets.config.HF_HUB_OFFLINE or not hub_reachable()
     try:
         with _offline_mode() if offline else nullcontext():
             dataset = datasets.load_dataset(ref.repo, ref.config, split=ref.split, revision=ref.revision)
     except ConnectionError as e:  # offline and not in the cache
-        why = "HF_HUB_OFFLINE is set" if datasets.config.HF_HUB_OFFLINE else f"the hub ({datasets.config.HF_ENDPOINT}) cannot be reached"
+        set_offline = datasets.config.HF_HUB_OFFLINE or huggingface_hub.constants.HF_HUB_OFFLINE
+        why = ("offline mode is on (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)" if set_offline
+               else f"the hub ({huggingface_hub.constants.ENDPOINT}) cannot be reached")
         raise InputError(spec, f"not in the local Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}) and {why}; "
                          f"load it once where there is network (datasets.load_dataset('{ref.repo}', split='{ref.split}')) "
                          "and copy the cache folder here, or save it with save_to_disk and give that folder") from e
