@@ -13,7 +13,9 @@ tokens, or of just past the shortest sliding window where `model.max_length` rea
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +57,17 @@ def probe_sequences(model: PeftModel, max_length: int, seed: int = 0) -> list[En
 
 def measure_support(model: PeftModel, sequences: list[Encoded]) -> SupportErrors:
     """Packed response log-probs and per-example SFT gradients (the engine) against each sequence's
-    own forward pass (`model(input_ids).logits`, unpacked) and autograd, one sequence at a time."""
+    own forward pass (`model(input_ids).logits`, unpacked) and autograd, one sequence at a time,
+    with dropout off (the model's train/eval mode is restored after)."""
+    training = model.training
+    model.eval()
+    try:
+        return _measure(model, sequences)
+    finally:
+        model.train(training)
+
+
+def _measure(model: PeftModel, sequences: list[Encoded]) -> SupportErrors:
     names, params = zip(*lora_parameters(model).items())
     device = params[0].device
     budget = sum(len(s) for s in sequences)
@@ -81,19 +93,31 @@ def check_model_support(model: PeftModel, name: str, max_length: int) -> None:
         return
     base = model.get_base_model()
     tolerance = TOLERANCE.get(base.dtype, 0.1)
-    training = model.training
-    model.eval()
     try:
-        errors = measure_support(model, probe_sequences(model, max_length))
+        with _one_thread_on_cpu(base.device):
+            errors = measure_support(model, probe_sequences(model, max_length))
     except torch.OutOfMemoryError:
         raise
     except (ValueError, RuntimeError) as e:  # the engine refuses the model's LoRA layers
         raise ConfigError(f"model.name: {name} ({type(base).__name__}) is not supported: {str(e).splitlines()[0]}") from e
-    finally:
-        model.train(training)
     what = {"response log-probs (nats per token)": errors.logprob, "per-example LoRA gradients (relative error)": errors.gradient}
     wrong = [f"{k} differ by {v:.2g}" for k, v in what.items() if not v <= tolerance]
     if wrong:
         raise ConfigError(f"model.name: {name} ({type(base).__name__}) is not supported: rose's packed passes disagree with "
                           f"the model's own forward pass: {'; '.join(wrong)} (tolerance {tolerance:g} in {base.dtype})")
     _supported.add(model)
+
+
+@contextlib.contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """The check's passes are a few dozen tokens: on a CPU, threads only add hand-offs, and on busy
+    cores those cost 10x the arithmetic (SmolLM2: 3 s on one thread, 35 s on two, under load)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
