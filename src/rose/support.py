@@ -28,10 +28,11 @@ from .grads.losses import sft_losses
 from .models import lora_parameters
 
 #: Largest disagreement accepted, by the model's dtype: per-token log-prob error (nats) and the
-#: relative L2 error of each example's gradient. Half precision rounds differently in the
-#: FlashAttention kernel and in the model's own attention; what the check is for (a window,
-#: a soft-cap or a logit scale not applied) moves both by far more.
-TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.1}
+#: relative L2 error of each example's gradient. Float32 leaves room for a deep model's rounding
+#: (SmolLM2: 8e-5); half precision rounds differently in the FlashAttention kernel and in the
+#: model's own attention. What the check is for (a window, a soft-cap or a logit scale not
+#: applied) moves both by far more (0.1 to 10).
+TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-2, torch.bfloat16: 0.1, torch.float16: 0.1}
 
 _supported: weakref.WeakSet = weakref.WeakSet()
 
@@ -46,13 +47,14 @@ class SupportErrors:
 
 def probe_sequences(model: PeftModel, max_length: int, seed: int = 0) -> list[Encoded]:
     """Two random-token sequences of different lengths, the longest just past the shortest sliding
-    window where max_length lets a sequence reach past it (and 24 tokens otherwise)."""
+    window where max_length lets a sequence reach past it (and 24 tokens otherwise); the last few
+    tokens of each are its response, so the logits are few even for a long window."""
     config = model.get_base_model().config.get_text_config()
     window = getattr(config, "sliding_window", None) or 0
     longest = min(max_length, max(24, window + 8))
     gen = torch.Generator().manual_seed(seed)
     lengths = [longest, max(2, longest // 2 + 1)]
-    return [Encoded(tuple(torch.randint(config.vocab_size, (n,), generator=gen).tolist()), max(1, n // 3)) for n in lengths]
+    return [Encoded(tuple(torch.randint(config.vocab_size, (n,), generator=gen).tolist()), n - min(8, n // 2)) for n in lengths]
 
 
 def measure_support(model: PeftModel, sequences: list[Encoded]) -> SupportErrors:
@@ -77,7 +79,7 @@ def _measure(model: PeftModel, sequences: list[Encoded]) -> SupportErrors:
     logprob, gradient = 0.0, 0.0
     for seq, got_logp, got_grad, n in zip(sequences, packed_logps, packed_grads, counts):
         ids = torch.tensor([seq.input_ids], device=device)
-        logits = model(input_ids=ids, use_cache=False).logits[0, seq.n_prompt - 1 : -1].float()
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=len(seq) - seq.n_prompt + 1).logits[0, :-1].float()
         logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, seq.n_prompt :, None]).sum()
         loss = sft_losses(logp[None], torch.tensor([len(seq) - seq.n_prompt], device=device)).sum()
         want = torch.cat([g.double().flatten() for g in torch.autograd.grad(loss, params)]).cpu()
@@ -98,7 +100,7 @@ def check_model_support(model: PeftModel, name: str, max_length: int) -> None:
             errors = measure_support(model, probe_sequences(model, max_length))
     except torch.OutOfMemoryError:
         raise
-    except (ValueError, RuntimeError) as e:  # the engine refuses the model's LoRA layers
+    except (ValueError, RuntimeError, TypeError) as e:  # the engine refuses the model's LoRA layers, or its forward our arguments
         raise ConfigError(f"model.name: {name} ({type(base).__name__}) is not supported: {str(e).splitlines()[0]}") from e
     what = {"response log-probs (nats per token)": errors.logprob, "per-example LoRA gradients (relative error)": errors.gradient}
     wrong = [f"{k} differ by {v:.2g}" for k, v in what.items() if not v <= tolerance]
