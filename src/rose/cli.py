@@ -11,16 +11,16 @@ from pathlib import Path
 from .config import describe, load_config, to_dict
 from .errors import RoseError
 from .inputs import RunInputs, check_run_dir
-from .registry import STAGES, stages_for
+from .selectors import SELECTORS, get_selector
+from .stages import STAGES, inputs_read_by, stages_for
 
-STAGE_HELP = {name: stage.help for name, stage in STAGES.items()}
-
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 rose: pick the few training examples that make an LLM better at one target task (ROSE).
 
 Stages (each writes a folder of the run directory and is skipped when already complete):
-  warmup -> val-grads -> train-grads -> score -> select -> reference -> finetune -> evaluate
-(baselines other than LESS start at score: select.method=random|bm25|embedding|full)
+  {" -> ".join(STAGES)}
+(selection methods without gradients skip {", ".join(n for n, s in STAGES.items() if s.gradients)}:
+ select.method={"|".join(n for n, s in SELECTORS.items() if not s.uses_gradients)})
 
 Examples:
   rose demo                                   # the built-in synthetic task, on CPU in minutes
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="Run every stage of the pipeline.", description="Run every stage; finished stages are skipped.",
                        epilog="Config keys: `rose config --keys`.")
     _add_config_args(p)
-    for name, text in STAGE_HELP.items():
+    for name, text in ((name, stage.help) for name, stage in STAGES.items()):
         _add_config_args(sub.add_parser(name, help=text, description=text))
     p = sub.add_parser("compare", help="Every selection method at the same budget, plus budget and few-shot sweeps.",
                        description="Run ROSE, LESS, random (several seeds), BM25, embedding similarity and the full pool "
@@ -138,7 +138,7 @@ def checked_inputs(config, stages: list[str]) -> RunInputs:
     is reported in about a second, not after the model stack has loaded."""
     check_run_dir(config.run_dir)
     inputs = RunInputs(config)
-    inputs.check(stages)
+    inputs.check(inputs_read_by(stages, get_selector(config.select.method)))
     return inputs
 
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(args.config, args.overrides)
         names = None if args.command == "run" else [args.command]
-        inputs = checked_inputs(config, names or stages_for(config.select.method))
+        inputs = checked_inputs(config, names or stages_for(get_selector(config.select.method)))
         from .pipeline import run_stages  # torch and the model stack load only once the inputs are known good
         from .report import summary_rows, table
 

@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import GRADIENT_METHODS, RunConfig
-from .context import FOLDERS, Run
+from .config import RunConfig
+from .context import Run
 from .distributed import Dist
 from .pipeline import record_config, run_stages
-from .registry import stages_for
+from .selectors import get_selector
+from .stages import STAGES, stages_for
 from .store import StageBusy, folder_lock, read_json, write_json
 
 log = logging.getLogger("rose")
@@ -44,21 +45,22 @@ def variants(config: RunConfig) -> list[Variant]:
     out: dict[str, Variant] = {}
 
     def add(group: str, method: str, fraction: float, seed: int | None = None, shots: str | None = None) -> None:
-        name = method + (f"-seed{seed}" if seed is not None else "") + ("" if method == "full" else f"-p{fraction:g}")
+        selects_all = get_selector(method).selects_all
+        name = method + (f"-seed{seed}" if seed is not None else "") + ("" if selects_all else f"-p{fraction:g}")
         name += f"-{shots}shot" if shots is not None else ""
         select = replace(config.select, method=method, fraction=fraction, seed=seed or 0)
         data = config.data if shots is None else replace(config.data, validation=replace(config.data.validation, paths=cmp.shots[shots]))
-        finetune = replace(config.finetune, epochs=cmp.full_epochs) if method == "full" else config.finetune
+        finetune = replace(config.finetune, epochs=cmp.full_epochs) if selects_all else config.finetune
         run_dir = str(Path(config.run_dir) / "variants" / name)
         out.setdefault(name, Variant(name, group, method, fraction, seed, shots,
                                      replace(config, run_dir=run_dir, select=select, data=data, finetune=finetune)))
 
     for method in cmp.methods:
-        for seed in cmp.random_seeds if method == "random" else [None]:
+        for seed in cmp.random_seeds if get_selector(method).seeded else [None]:
             add("main", method, base_fraction, seed)
     for fraction in cmp.budgets:
         for method in cmp.budget_methods:
-            add("budget", method, fraction, cmp.random_seeds[0] if method == "random" else None)
+            add("budget", method, fraction, cmp.random_seeds[0] if get_selector(method).seeded else None)
     for shots in cmp.shots:
         for method in cmp.shot_methods:
             add("shots", method, base_fraction, None, shots)
@@ -70,9 +72,9 @@ def link_cache(run: Run, cache: Path) -> None:
 
     Links are made under a temporary name and renamed into place, so workers linking the same
     variant at once cannot trip over each other."""
-    for stage, folder in FOLDERS.items():
-        target = cache / f"{stage}-{run.keys[stage]}"
-        link = run.dir / folder
+    for name, stage in STAGES.items():
+        target = cache / f"{name}-{run.keys[name]}"
+        link = run.dir / stage.folder
         if link.is_symlink() and link.resolve() == target.resolve():
             continue
         if link.exists() and not link.is_symlink():
@@ -95,10 +97,10 @@ def _linked(run: Run, cache: Path) -> Run:
 
 
 def run_variant(variant: Variant, cache: Path, base: Run, wait: bool = True) -> tuple[dict, Run]:
-    run = _linked(base.derive(variant.config), cache)
-    run = run_stages(variant.config, stages_for(variant.method), base=run, wait=wait)
-    metrics = read_json(run.dir / FOLDERS["evaluate"] / "metrics.json")
-    selection = read_json(run.dir / FOLDERS["select"] / "selection.json")
+    run = _linked(base.with_config(variant.config), cache)
+    run = run_stages(variant.config, stages_for(run.selector), base=run, wait=wait)
+    metrics = read_json(run.dir / STAGES["evaluate"].folder / "metrics.json")
+    selection = read_json(run.dir / STAGES["select"].folder / "selection.json")
     result = {"group": variant.group, "method": variant.method, "fraction": variant.fraction, "seed": variant.seed,
               "shots": variant.shots, "n_selected": selection["n_selected"], "sources": selection["sources"], **metrics}
     return result, run
@@ -123,8 +125,8 @@ def prepare_shared(config: RunConfig, dist: Dist | None = None) -> None:
     the full-pool fine-tune, which every task with the same pool reuses. Run it under torchrun on
     every GPU, then start workers for the rest."""
     dist, every = dist or Dist.from_env(), variants(config)
-    todo = [(v, ["warmup", "val-grads", "train-grads"]) for v in every if v.method in GRADIENT_METHODS][:1]
-    todo += [(v, ["score", "select", "finetune"]) for v in every if v.method == "full"]
+    todo = [(v, ["warmup", "base-logprobs", "val-grads", "train-grads"]) for v in every if get_selector(v.method).uses_gradients][:1]
+    todo += [(v, ["score", "select", "finetune"]) for v in every if get_selector(v.method).selects_all]
     for variant, stages in todo:
         run = _linked(Run(variant.config, dist), _cache_dir(config))
         run_stages(variant.config, stages, base=run)
@@ -150,7 +152,7 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
         root.mkdir(parents=True, exist_ok=True)
         record_config(base)
     # largest fine-tunes first, so that workers sharing the comparison finish at about the same time
-    pending = sorted(variants(config), key=lambda v: -(1.0 if v.method == "full" else v.fraction))
+    pending = sorted(variants(config), key=lambda v: -(1.0 if get_selector(v.method).selects_all else v.fraction))
     while pending:
         busy = []
         for variant in pending:

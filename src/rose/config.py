@@ -267,16 +267,20 @@ class GradientConfig(Section):
     dpo_beta: float = _f(0.1, "DPO beta for the validation gradient.", check=number(0, low_open=True))
 
 
-METHODS = ("rose", "less", "random", "bm25", "embedding", "full")
-GRADIENT_METHODS = ("rose", "less")
+def known_method(name: str, value: Any) -> None:
+    """A registered selection method (`rose.selectors`), looked up when the config is read."""
+    from .selectors import SELECTORS
+
+    if value not in SELECTORS:
+        raise ConfigError(f"{name}: unknown selection method {_short(value)}; registered: {', '.join(SELECTORS)}")
 
 
 @dataclass
 class SelectConfig(Section):
     fraction: float = _f(0.05, "Share of the pool to select (top scores).", check=FRACTION)
-    method: str = _f("rose", "rose (DPO validation gradients), less (SFT validation gradients of the chosen responses), "
-                             "random, bm25 (against validation prompts + chosen), embedding (base model's mean hidden "
-                             "state, cosine), or full (the whole pool).", check=one_of(*METHODS))
+    method: str = _f("rose", "A registered selection method: rose (DPO validation gradients), less (SFT validation gradients "
+                             "of the chosen responses), random, bm25 (against validation prompts + chosen), embedding (base "
+                             "model's mean hidden state, cosine), or full (the whole pool).", check=known_method)
     seed: int = _f(0, "Seed of the random baseline.", check=NON_NEGATIVE)
 
 
@@ -298,12 +302,13 @@ class EvalConfig(Section):
 
 @dataclass
 class CompareConfig(Section):
-    methods: list[str] = _f(list(METHODS), "Methods of the main comparison, all at select.fraction.", check=each(one_of(*METHODS)))
+    methods: list[str] = _f(["rose", "less", "random", "bm25", "embedding", "full"], "Methods of the main comparison, all at "
+                            "select.fraction.", check=each(known_method))
     random_seeds: list[int] = _f([0, 1, 2], "Seeds of the random baseline (mean and spread are reported).", check=each(NON_NEGATIVE))
     budgets: list[float] = _f([0.01, 0.05, 0.1, 0.2], "Data budgets (shares of the pool) for the budget sweep.", check=each(FRACTION))
-    budget_methods: list[str] = _f(["rose", "less", "random"], "Methods of the budget sweep.", check=each(one_of(*METHODS)))
+    budget_methods: list[str] = _f(["rose", "less", "random"], "Methods of the budget sweep.", check=each(known_method))
     shots: dict[str, list[str]] = _f({}, "Few-shot sweep: name -> validation files (e.g. {'1': [...], '10': [...]}).", path=True)
-    shot_methods: list[str] = _f(["rose", "less"], "Methods of the few-shot sweep (at select.fraction).", check=each(one_of(*METHODS)))
+    shot_methods: list[str] = _f(["rose", "less"], "Methods of the few-shot sweep (at select.fraction).", check=each(known_method))
     full_epochs: int = _f(1, "Fine-tuning epochs on the full pool (it is 1/fraction times larger than a selection).", check=POSITIVE)
     results_json: str | None = _f(None, "Also write the main results here (e.g. docs/results/shp.json).", path=True, check=optional(nonempty_text))
     cache_dir: str | None = _f(None, "Shared stage folders (default run_dir/cache); point several tasks at one to share "

@@ -19,7 +19,6 @@ import numpy as np
 from .config import PreferenceSource, RunConfig, expand_globs
 from .errors import InputError, RunDirError
 from .formats import Example, PreferencePair, TestPrompt, read_pool, read_preferences, read_test_prompts
-from .registry import STAGES
 
 
 def sample_indices(n: int, k: int | None, seed: int) -> list[int]:
@@ -45,17 +44,9 @@ class RunInputs:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
 
-    def needed(self, stages: Collection[str]) -> list[str]:
-        """The inputs (attribute names, in reading order) that these stages read with this config."""
-        reads = set().union(*(STAGES[name].reads for name in stages))
-        # random and full selection read no validation set, unless it is evaluated against
-        if self.config.select.method in ("random", "full") and not set(stages) & {"reference", "evaluate"}:
-            reads.discard("validation")
-        return [name for name in ("pool", "validation", "heldout", "tests") if name in reads]
-
-    def check(self, stages: Collection[str]) -> None:
-        """Read and check every input these stages need (raises InputError on the first bad row)."""
-        for name in self.needed(stages):
+    def check(self, names: Collection[str]) -> None:
+        """Read and check the named inputs (of pool, validation, heldout, tests): InputError on the first bad row."""
+        for name in names:
             getattr(self, name)
 
     @cached_property

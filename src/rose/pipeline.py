@@ -12,12 +12,11 @@ import yaml
 
 from . import __version__
 from .config import RunConfig, to_dict
-from .context import FOLDERS, Run
+from .context import Run
 from .distributed import Dist
 from .inputs import RunInputs, check_run_dir
-from .registry import stages_for
 from .report import render_report
-from .stages import STAGES
+from .stages import STAGES, execute, inputs_read_by, stages_for
 from .store import MANIFEST, atomic_write_text, folder_lock, read_json, write_json
 from .support import check_model_support
 
@@ -43,17 +42,18 @@ def preflight(run: Run, stages: Sequence[str]) -> None:
 
     A malformed file or a folder written by another config stops the run here, so nothing is left
     half-written and an hour of warm-up is not spent before a broken held-out file is noticed.
-    The files are parsed first (no model needed), then tokenised, then the model is loaded.
+    The files are parsed first (no model needed), then tokenised, then the model is loaded and
+    held to its own forward pass.
     """
     check_run_dir(run.config.run_dir)
-    run.inputs.check(stages)
-    tokenised = {"pool": "_pool", "validation": "validation_set", "heldout": "heldout", "tests": "tests"}
-    for name in run.inputs.needed(stages):
-        getattr(run, tokenised[name])  # reading a lazy property of the Run tokenises that input
-    if set(stages) - {"score", "select"} or run.config.select.method == "embedding":
-        check_model_support(run.model, run.config.model.name, run.config.model.max_length)  # loads it; refuses a family it gets wrong
+    names = inputs_read_by(list(stages), run.selector)
+    run.inputs.check(names)
+    for name in names:
+        getattr(run, name)  # tokenises that input
+    if any(STAGES[name].loads_model_for(run.selector) for name in stages):
+        check_model_support(run.model.model, run.config.model.name, run.config.model.max_length)  # refuses a family rose gets wrong
     for name in stages:
-        run.stage(name).is_done()  # raises if another config wrote this stage's folder
+        run.stage_dir(name).is_done()  # raises if another config wrote this stage's folder
 
 
 def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist | None = None, base: Run | None = None,
@@ -64,8 +64,8 @@ def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist
 
     The main process holds each stage folder's lock while the stage runs, so processes sharing
     folders never write one at once; with wait=False a stage held elsewhere raises StageBusy."""
-    run = base.derive(config) if base is not None else Run(config, dist or Dist.from_env(), inputs)
-    wanted = list(names or stages_for(config.select.method))
+    run = base.with_config(config) if base is not None else Run(config, dist or Dist.from_env(), inputs)
+    wanted = list(names or stages_for(run.selector))
     unknown = [n for n in wanted if n not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
@@ -73,12 +73,12 @@ def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist
     if run.dist.is_main:
         run.dir.mkdir(parents=True, exist_ok=True)
         record_config(run)
-    for name in STAGES:
+    for name, stage in STAGES.items():
         if name in wanted:
             if run.dist.is_main:
                 log.info("stage %s", name)
-            with folder_lock(run.stage(name).path, wait) if run.dist.is_main else nullcontext():
-                STAGES[name](run)
+            with folder_lock(run.stage_dir(name).path, wait) if run.dist.is_main else nullcontext():
+                execute(stage, run)
     if run.dist.is_main and names is None:
         summarize(run)
     return run
@@ -87,22 +87,22 @@ def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist
 def stage_seconds(run_dir: Path) -> dict[str, float]:
     """Wall time each completed stage recorded in its manifest."""
     out = {}
-    for stage, folder in FOLDERS.items():
-        file = Path(run_dir) / folder / MANIFEST
+    for name, stage in STAGES.items():
+        file = Path(run_dir) / stage.folder / MANIFEST
         seconds = read_json(file).get("seconds") if file.is_file() else None
         if seconds is not None:
-            out[stage] = round(float(seconds), 1)
+            out[name] = round(float(seconds), 1)
     return out
 
 
 def summarize(run: Run, extra: dict | None = None) -> dict:
     """Collect the evaluation, selection and timings into summary.json and report.md."""
-    summary: dict = {"run_dir": str(run.dir), "model": run.config.model.name, "n_pool": len(run.pool)}
-    selection = run.dir / "selection" / "selection.json"
+    summary: dict = {"run_dir": str(run.dir), "model": run.config.model.name, "n_pool": len(run.pool.records)}
+    selection = run.dir / STAGES["select"].folder / "selection.json"
     if selection.is_file():
         info = read_json(selection)
         summary.update(n_selected=info["n_selected"], sources=info["sources"])
-    metrics = run.dir / "eval" / "metrics.json"
+    metrics = run.dir / STAGES["evaluate"].folder / "metrics.json"
     if metrics.is_file():
         summary.update(read_json(metrics))
     summary["stage_seconds"] = stage_seconds(run.dir)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def checkpoint_weights(mean_lrs: Sequence[float]) -> np.ndarray:
@@ -51,6 +54,8 @@ def influence(
     Each block's products run on `device` in float32 (on a GPU, seconds for a pool that keeps a
     CPU busy for a minute); the checkpoint sum is taken in float64.
     """
+    import torch  # here, not at import: selectors (and the CLI) import this module torch-free
+
     if not (len(train) == len(val) == len(weights)):
         raise ValueError("train, val and weights must have one entry per checkpoint")
     if len({len(blocks) for blocks in train}) != 1:

@@ -84,3 +84,13 @@ class ExactCosines:
             d, s = g @ self.targets[k].to(g.device, g.dtype).T, g.square().sum(dim=1)
             dots, sq = (d, s) if dots is None else (dots + d, sq + s)
         return dots / sq.sqrt().clamp(min=1e-30)[:, None]
+
+
+class RawGradients:
+    """Per-example gradient segments -> [B, D] whole gradients, for exact scoring against a few targets."""
+
+    def __init__(self, dim: int) -> None:
+        self.out_dim = dim
+
+    def __call__(self, parts: Iterable[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(parts), dim=1)

@@ -1,0 +1,108 @@
+"""Stage keys: a short hash of everything a stage's results depend on.
+
+A finished stage is reused only while its key matches (`store.StageDir`), and `rose compare`
+shares stage folders between variants by key. What each stage's key is made of is declared with
+the stage (`stages.Stage.key`) from the named parts below; this module turns a config and the
+digests of its input files into those parts and the keys. Pure apart from `input_digests`, which
+reads the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, TrainSettings, expand_globs
+from .selectors import get_selector
+
+Digests = tuple[tuple[str, str], ...]  # (name, content hash) per input file
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (config sections, upstream keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, so a changed input file invalidates the stages that read it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def source_digest(source: str) -> str:
+    """A file's content hash; a folder's (a saved dataset) over its files; otherwise the spec
+    itself (a hub dataset id, whose revision is part of the spec)."""
+    path = Path(source)
+    if path.is_file():
+        return file_digest(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return fingerprint([(str(p.relative_to(path)), file_digest(p)) for p in files])
+    return fingerprint(source)
+
+
+@dataclass(frozen=True)
+class InputDigests:
+    pool: Digests
+    validation: Digests
+    evaluation: Digests  # held-out pairs, test prompts and the held-out exclusion lists
+
+
+def input_digests(config: RunConfig) -> InputDigests:
+    def of(patterns: list[str]) -> Digests:
+        return tuple((Path(s).name, source_digest(s)) for s in expand_globs(patterns))
+
+    data = config.data
+    return InputDigests(of(data.pool), of(data.validation.paths), of(data.heldout.paths + data.test + data.heldout_exclude))
+
+
+def training(section: TrainSettings) -> dict:
+    """A training section as it enters keys: how often resume points are saved does not change the
+    weights, so it does not make a finished stage stale."""
+    return {k: v for k, v in asdict(section).items() if k != "resume_every"}
+
+
+class KeyParts:
+    """The named ingredients of stage keys for one config; `stage(name)` is an upstream stage's key."""
+
+    def __init__(self, config: RunConfig, digests: InputDigests, upstream: Mapping[str, str]) -> None:
+        self.config, self._upstream = config, upstream
+        c = config
+        self.model = {k: v for k, v in asdict(c.model).items() if k != "device"}  # a run may move between devices
+        self.pool = fingerprint([digests.pool, c.data.pool_limit, c.seed, self.model])
+        self.validation = fingerprint([self.model, c.seed, asdict(c.data.validation), digests.validation, c.data.empty_responses])
+        # the held-out set depends on the validation prompts only when those are excluded from it
+        self.evaluation = fingerprint([self.model, c.seed, asdict(c.data.heldout), c.data.test, c.data.test_limit,
+                                       c.data.empty_responses, c.data.heldout_exclude_validation, digests.evaluation,
+                                       self.validation if c.data.heldout_exclude_validation else None])
+        self.lora = asdict(c.lora)
+        self.selector = get_selector(c.select.method)
+
+    def stage(self, name: str) -> str:
+        return self._upstream[name]
+
+    def training(self, section: TrainSettings) -> dict:
+        return training(section)
+
+    def projection(self, map_version: int) -> dict:
+        """The projection as it shapes stored features (not how fast they are computed)."""
+        skip = ("batch_tokens", "compile_blocks", "dpo_beta")
+        return {k: v for k, v in asdict(self.config.gradients).items() if k not in skip} | {"map": map_version}
+
+
+def stage_keys(config: RunConfig, digests: InputDigests, stages: Mapping[str, Callable[[KeyParts], Any]]) -> dict[str, str]:
+    """Each stage's key, in order: the hash of what its `key` function says it depends on (which may
+    include the keys of stages before it)."""
+    keys: dict[str, str] = {}
+    parts = KeyParts(config, digests, keys)
+    for name, key in stages.items():
+        keys[name] = fingerprint([name, key(parts)])
+    return keys

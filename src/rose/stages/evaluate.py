@@ -1,0 +1,61 @@
+"""evaluate: held-out preference accuracy, reward margin, length-normalised preference, validation
+DPO loss and golden-answer NLL of the fine-tuned adapter, against the base model's log-probs
+(and an LLM judge's win rate, if enabled)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from . import Stage, register_stage
+from .base_logprobs import read_base_logprobs, response_logprobs_of
+
+if TYPE_CHECKING:
+    from ..context import Run
+    from ..store import StageDir
+
+
+def evaluate(run: Run, sd: StageDir) -> dict:
+    from ..evaluate import dpo_loss, golden_nll, preference_metrics
+    from ..store import write_json
+
+    tune = run.require("finetune")
+    run.model.load_adapter(tune.path / tune.manifest()["adapter"])
+    metrics: dict = {}
+    for name, (logps, counts) in response_logprobs_of(run, ("heldout", "validation", "tests")).items():
+        base = read_base_logprobs(run, name)
+        if name == "heldout":
+            metrics.update(asdict(preference_metrics(logps, base, counts, [p.subtask for p in run.heldout.records])))
+        elif name == "validation":
+            metrics["val_dpo_loss"] = dpo_loss(logps, base, run.config.gradients.dpo_beta)
+        else:
+            subtasks = [t.subtask for t in run.tests.records]
+            metrics.update(asdict(golden_nll(logps, counts, subtasks)))
+            metrics["base_golden_nll"] = golden_nll(base, counts, subtasks).golden_nll
+    if run.config.eval.judge.enabled:
+        metrics.update(_judge(run, sd))
+    write_json(sd.path / "metrics.json", metrics)
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+
+
+def _judge(run: Run, sd: StageDir) -> dict:
+    """LLM-judge win rate of the fine-tuned model's answers against the golden answers."""
+    from ..formats import write_jsonl
+    from ..inputs import sample_indices
+    from ..judge import generate_answers, make_client, question_text, win_rate
+
+    settings = run.config.eval.judge
+    tests = run.tests.records
+    tests = [tests[i] for i in sample_indices(len(tests), settings.max_prompts, run.config.seed + 4)]
+    client = make_client(settings)  # fails early, before generating, when no key is set
+    answers = generate_answers(run.model.model, run.model.tokenizer, [t.prompt for t in tests], settings.max_new_tokens,
+                               run.device, run.config.eval.batch_size)
+    write_jsonl(sd.path / "judge_answers.jsonl", [{"id": t.id, "answer": a, "golden": t.golden} for t, a in zip(tests, answers)])
+    result = win_rate(client, settings.model, [(question_text(t.prompt), a, t.golden) for t, a in zip(tests, answers)])
+    return {f"judge_{k}": v for k, v in asdict(result).items()}
+
+
+register_stage(Stage(
+    "evaluate", "eval", "Held-out preference accuracy, reward margin and golden-answer NLL of the fine-tuned model.",
+    evaluate, key=lambda k: [k.stage("finetune"), k.stage("base-logprobs"), k.config.gradients.dpo_beta, asdict(k.config.eval.judge)],
+    after=("finetune", "base-logprobs"), reads=frozenset({"validation", "heldout", "tests"})))

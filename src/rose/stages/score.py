@@ -1,0 +1,35 @@
+"""score: every pool example's score by the selection method (`select.method`, a registered `Selector`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import Stage, register_stage
+
+if TYPE_CHECKING:
+    from ..context import Run
+    from ..store import StageDir
+
+
+def score(run: Run, sd: StageDir) -> dict:
+    from ..store import save_array, write_json
+
+    result = run.selector.score(run)
+    save_array(sd.path / "scores.npy", result.scores)
+    save_array(sd.path / "per_subtask.npy", result.per_subtask)
+    write_json(sd.path / "scores.json", {"method": run.selector.name, "ids": [e.id for e in run.pool.records],
+                                         "subtasks": result.subtasks, **result.info})
+    return {"n": len(result.scores)}
+
+
+def _key(k) -> list:
+    selector = k.selector
+    if selector.uses_gradients:
+        return [k.stage("train-grads"), k.stage("val-grads"), selector.name]
+    return [k.pool, selector.name, k.config.select.seed if selector.seeded else None,
+            k.validation if selector.reads_validation else None]
+
+
+register_stage(Stage(
+    "score", "scores", "Score every pool example by the selection method (ROSE: lr-weighted influence on the target's DPO loss).",
+    score, key=_key, reads=frozenset({"pool"}), for_selector=True, loads_model=False))

@@ -1,0 +1,71 @@
+"""train-grads: per-example SFT gradients of the pool at every checkpoint, in Adam's update direction.
+
+Stored as projected unit vectors [N, d], or, with gradients.projection=none, as exact cosines
+[N, M] with the full validation gradients. Written in shards, each process taking every world-th
+shard; finished shards are kept, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import Stage, register_stage
+from .val_grads import projector, validation_grads
+
+if TYPE_CHECKING:
+    from ..context import Run
+    from ..store import StageDir
+
+
+def train_grads(run: Run, sd: StageDir) -> dict:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..grads import engine
+    from ..grads.transform import ExactCosines, ProjectedFeatures, RawGradients
+    from ..store import save_array, shard_name, shard_ranges
+
+    cfg, model = run.config.gradients, run.model
+    ckpts, encoded = run.checkpoints(), run.pool.encoded
+    exact = cfg.projection == "none"
+    if exact:
+        run.require("val-grads")  # its manifest names the validation pairs the cosines are with
+    features = None if exact else projector(run)
+    model.compile_for_gradients(cfg.compile_blocks)
+    shards = shard_ranges(len(encoded), cfg.shard_size)
+    mine = [s for i, s in enumerate(shards) if i % run.dist.world == run.dist.rank]
+    bar = tqdm(total=len(ckpts) * sum(b - a for a, b in mine), desc="train gradients", unit="ex", disable=not run.dist.is_main)
+    for ckpt in ckpts:
+        folder = sd.path / ckpt.path.name
+        todo = [(a, b) for a, b in mine if not (folder / shard_name(a, b)).is_file()]
+        bar.update(sum(b - a for a, b in mine) - sum(b - a for a, b in todo))
+        if not todo:
+            continue
+        model.load_adapter(ckpt.adapter)
+        moments = ckpt.moments(model.param_names).to(run.device)
+        if exact:
+            targets = validation_grads(run, RawGradients(sum(model.segments))).to(run.device)
+            sink = ExactCosines(targets.split(model.segments, dim=1), moments)
+        else:
+            sink = ProjectedFeatures(features, moments)
+        for start, stop in todo:
+            # unit vectors lose nothing that matters in float16; cosines stay float32
+            out = np.zeros((stop - start, sink.out_dim), dtype=np.float32 if exact else np.float16)
+            for idx, parts in engine.sft_grads(model.model, model.param_names, encoded[start:stop], cfg.batch_tokens, run.device):
+                out[idx] = sink(parts).float().cpu().numpy()
+                bar.update(len(idx))
+            save_array(folder / shard_name(start, stop), out)
+    bar.close()
+    return {"n": len(encoded), "shard_size": cfg.shard_size, "exact": exact, "checkpoints": [c.path.name for c in ckpts]}
+
+
+def _key(k) -> list:
+    from ..grads.project import MAP_VERSION
+
+    exact = k.config.gradients.projection == "none"
+    return [k.stage("warmup"), k.projection(MAP_VERSION), k.stage("val-grads") if exact else None]
+
+
+register_stage(Stage(
+    "train-grads", "grads/train", "Per-example SFT gradients of the pool at each checkpoint (Adam direction, projected).",
+    train_grads, key=_key, after=("warmup",), reads=frozenset({"pool", "validation"}), gradients=True, all_processes=True))

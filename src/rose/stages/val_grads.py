@@ -1,0 +1,74 @@
+"""val-grads: per-pair validation gradients at every warm-up checkpoint, projected and normalised.
+
+They are plain (SGD) gradients of the selection method's validation loss (`Selector.validation_loss`):
+ROSE's DPO loss of each pair, whose reference is the base model (adapters off, log-probs from
+base-logprobs), or LESS's SFT loss of the chosen response.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import Stage, register_stage
+from .base_logprobs import read_base_logprobs
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..context import Run
+    from ..grads.project import Projector
+    from ..store import StageDir
+
+
+def projector(run: Run) -> Projector:
+    from ..grads.project import make_projector
+
+    g = run.config.gradients
+    return make_projector(g.projection, run.model.segments, g.dim, g.seed)
+
+
+def validation_grads(run: Run, sink) -> torch.Tensor:
+    """[M, sink.out_dim]: the validation gradients at the loaded checkpoint, through `sink`."""
+    import torch
+
+    from ..grads import engine
+
+    cfg, model, validation = run.config.gradients, run.model, run.validation
+    out = torch.zeros(len(validation.records), sink.out_dim, dtype=torch.float64)
+    if run.selector.validation_loss == "sft":
+        batches = engine.sft_grads(model.model, model.param_names, [c for c, _ in validation.encoded], cfg.batch_tokens, run.device)
+    else:
+        reference = torch.from_numpy(read_base_logprobs(run, "validation"))
+        batches = engine.dpo_grads(model.model, model.param_names, validation.encoded, reference, cfg.dpo_beta,
+                                   cfg.batch_tokens, run.device)
+    for idx, parts in batches:
+        out[idx] = sink(parts).double().cpu()
+    return out
+
+
+def val_grads(run: Run, sd: StageDir) -> dict:
+    from tqdm.auto import tqdm
+
+    from ..grads.transform import ProjectedFeatures
+    from ..store import save_array
+
+    ckpts, pairs = run.checkpoints(), run.validation.records
+    if run.config.gradients.projection != "none":  # exact scoring takes full validation gradients in train-grads
+        run.model.compile_for_gradients(run.config.gradients.compile_blocks)
+        sink = ProjectedFeatures(projector(run))
+        for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt"):
+            run.model.load_adapter(ckpt.adapter)
+            save_array(sd.path / ckpt.path.name / "grads.npy", validation_grads(run, sink).float().numpy())
+    return {"ids": [p.id for p in pairs], "subtasks": [p.subtask for p in pairs], "checkpoints": [c.path.name for c in ckpts]}
+
+
+def _key(k) -> list:
+    from ..grads.project import MAP_VERSION
+
+    loss = k.selector.validation_loss
+    return [k.stage("warmup"), k.projection(MAP_VERSION), loss, k.config.gradients.dpo_beta if loss == "dpo" else None, k.validation]
+
+
+register_stage(Stage(
+    "val-grads", "grads/val", "Per-pair validation gradients (DPO for ROSE, SFT of the chosen response for LESS) at each checkpoint, projected.",
+    val_grads, key=_key, after=("warmup", "base-logprobs"), reads=frozenset({"validation"}), gradients=True))
