@@ -45,11 +45,12 @@ SIZES = {  # (hidden, layers, heads, kv heads, head dim, vocab, window, sequence
 
 
 def _max(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return float((a.detach().float() - b.detach().float()).abs().max())
 
 
-def kernel_rows(size: dict, device: torch.device, dtype: torch.dtype) -> list[dict]:
-    """Both attention paths on one packed row, per window (None = a global layer)."""
+def kernel_rows(size: dict, device: torch.device, dtype: torch.dtype) -> tuple[list[dict], dict]:
+    """Both attention paths on one packed row, per window (None = a global layer); and the flash
+    output's distance from the exact windows W - 1, W and W + 1 (the least must be at W)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     lengths, h, hk, d = size["lengths"], size["heads"], size["kv_heads"], size["head_dim"]
     t = sum(lengths)
@@ -57,7 +58,7 @@ def kernel_rows(size: dict, device: torch.device, dtype: torch.dtype) -> list[di
     q, k, v = (torch.randn(t, heads, d, generator=gen).to(device) for heads in (h, hk, hk))
     grad_out = torch.randn(t, h, d, generator=gen).to(device)
     scale = d ** -0.5
-    rows = []
+    rows, offsets = [], {}
     for window in (size["window"], None):
         def run(path, cast):
             leaves = [x.to(cast).requires_grad_() for x in (q, k, v)]
@@ -72,6 +73,9 @@ def kernel_rows(size: dict, device: torch.device, dtype: torch.dtype) -> list[di
         flash = (lambda a, b, c: attention._flash(a, b, c, cu, max(lengths), scale, window)) if flash_ok else None  # noqa: E731
         exact, ours = run(per_seq, torch.float32), run(per_seq, dtype)
         fast = run(flash, dtype) if flash else None
+        if fast is not None and window:  # which window the kernel really applied: W, not W - 1 or W + 1
+            offsets[window] = {w: _max(fast[0], attention._per_sequence(q, k, v, cu, scale, w, None))
+                               for w in (window - 1, window, window + 1)}
         for name, got, want in (("flash vs per-sequence", fast, ours), ("flash vs float32", fast, exact),
                                 ("per-sequence vs float32", ours, exact)):
             row = {"window": window or "global", "compare": name, "dtype": str(dtype).removeprefix("torch.")}
@@ -81,7 +85,7 @@ def kernel_rows(size: dict, device: torch.device, dtype: torch.dtype) -> list[di
             else:
                 row.update(output=_max(got[0], want[0]), **{f"grad_{n}": _max(g, w) for n, g, w in zip("qkv", got[1], want[1])})
             rows.append(row)
-    return rows
+    return rows, offsets
 
 
 def tiny_decoders(size: dict) -> dict[str, transformers.PretrainedConfig]:
@@ -161,14 +165,18 @@ def main() -> None:
     size = SIZES["gpu" if device.type == "cuda" else "cpu"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     kernel = attention._varlen_kernel()
+    kernel_table, window_offsets = kernel_rows(size, device, dtype)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "transformers": transformers.__version__,
         "varlen_keywords": sorted(kernel[1]) if kernel else None, "size": size,
-        "kernel": kernel_rows(size, device, dtype), "models": model_rows(size, device, dtype),
+        "kernel": kernel_table, "flash_window_offsets": window_offsets, "models": model_rows(size, device, dtype),
     }
     print(f"{result['device']}, torch {result['torch']}, window {size['window']}, lengths {size['lengths']}")
     print(_table(result["kernel"], ["window", "compare", "dtype", "output", "grad_q", "grad_k", "grad_v"]))
+    for window, errors in window_offsets.items():
+        print(f"flash output vs exact window W-1/W/W+1 (W={window}): " + " / ".join(f"{e:.3g}" for e in errors.values())
+              + ("  ok: W" if min(errors, key=errors.get) == window else "  WRONG WINDOW"))
     print()
     print(_table(result["models"], ["model", "dtype", "packed_path", "packed_vs_own_nats_per_token", "own_vs_own_float32_nats_per_token",
                                     "packed_vs_own_float32_nats_per_token", "support_logprob", "support_gradient", "support_tolerance"]))

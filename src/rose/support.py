@@ -74,7 +74,7 @@ def _measure(model: PeftModel, sequences: list[Encoded]) -> SupportErrors:
     device = params[0].device
     budget = sum(len(s) for s in sequences)
     (idx, segments), = list(sft_grads(model, list(names), sequences, budget, device))
-    packed_grads = torch.cat([g.double() for g in segments], dim=1)[torch.argsort(torch.tensor(idx))]
+    packed_grads = torch.cat([g.float() for g in segments], dim=1)[torch.argsort(torch.tensor(idx))]  # [2, D] on the device
     packed_logps, counts = sequence_logprobs(model, sequences, budget, device)
     logprob, gradient = 0.0, 0.0
     for seq, got_logp, got_grad, n in zip(sequences, packed_logps, packed_grads, counts):
@@ -82,9 +82,9 @@ def _measure(model: PeftModel, sequences: list[Encoded]) -> SupportErrors:
         logits = model(input_ids=ids, use_cache=False, logits_to_keep=len(seq) - seq.n_prompt + 1).logits[0, :-1].float()
         logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, seq.n_prompt :, None]).sum()
         loss = sft_losses(logp[None], torch.tensor([len(seq) - seq.n_prompt], device=device)).sum()
-        want = torch.cat([g.double().flatten() for g in torch.autograd.grad(loss, params)]).cpu()
+        want = torch.cat([g.float().flatten() for g in torch.autograd.grad(loss, params)])
         logprob = max(logprob, abs(float(got_logp) - float(logp.detach())) / int(n))
-        gradient = max(gradient, float((got_grad.cpu() - want).norm() / want.norm().clamp(min=1e-30)))
+        gradient = max(gradient, float((got_grad - want).norm() / want.norm().clamp(min=1e-30)))
     return SupportErrors(logprob, gradient)
 
 
