@@ -387,6 +387,12 @@ def build(cls: type, data: dict, prefix: str = "", base_dir: Path | None = None)
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; valid: {', '.join(sorted(fields))}")
     kwargs = {}
+    for name, f in fields.items():  # defaults are typed like given values (an int default of a float field becomes a float)
+        hint = hints[name]
+        if name not in data and not dataclasses.is_dataclass(hint):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kwargs[name] = _check_type(prefix + name, default, hint)
+    data = {**{name: {} for name in fields if dataclasses.is_dataclass(hints[name])}, **data}
     for name, value in data.items():
         hint, key = hints[name], prefix + name
         if dataclasses.is_dataclass(hint):

@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import RunConfig, TrainSettings, expand_globs
 from .selectors import get_selector
+from .sources import source_digest
 
 Digests = tuple[tuple[str, str], ...]  # (name, content hash) per input file
 
@@ -28,27 +29,6 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, so a changed input file invalidates the stages that read it."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def source_digest(source: str) -> str:
-    """A file's content hash; a folder's (a saved dataset) over its files; otherwise the spec
-    itself (a hub dataset id, whose revision is part of the spec)."""
-    path = Path(source)
-    if path.is_file():
-        return file_digest(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return fingerprint([(str(p.relative_to(path)), file_digest(p)) for p in files])
-    return fingerprint(source)
-
-
 @dataclass(frozen=True)
 class InputDigests:
     pool: Digests
@@ -57,6 +37,8 @@ class InputDigests:
 
 
 def input_digests(config: RunConfig) -> InputDigests:
+    """The content hashes of every configured input (files, saved datasets, hub splits)."""
+
     def of(patterns: list[str]) -> Digests:
         return tuple((Path(s).name, source_digest(s)) for s in expand_globs(patterns))
 
@@ -77,7 +59,7 @@ class KeyParts:
         self.config, self._upstream = config, upstream
         c = config
         self.model = {k: v for k, v in asdict(c.model).items() if k != "device"}  # a run may move between devices
-        self.pool = fingerprint([digests.pool, c.data.pool_limit, c.seed, self.model])
+        self.pool = fingerprint([digests.pool, c.data.pool_limit, c.data.columns, c.data.response_template, c.seed, self.model])
         self.validation = fingerprint([self.model, c.seed, asdict(c.data.validation), digests.validation, c.data.empty_responses])
         # the held-out set depends on the validation prompts only when those are excluded from it
         self.evaluation = fingerprint([self.model, c.seed, asdict(c.data.heldout), c.data.test, c.data.test_limit,

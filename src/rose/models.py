@@ -31,7 +31,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .config import LoraSettings, ModelConfig
 from .errors import ConfigError, InputError
-from .store import atomic_path, file_digest, folder_lock, load_tensors
+from .sources import source_digest
+from .store import atomic_path, folder_lock, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def resolve_model(name: str, revision: str | None = None) -> str:
     if name.endswith(".gguf"):
         if not path.is_file():
             raise InputError(path, "GGUF file not found", field="model.name")
-        return str(_convert_gguf(path.resolve(), cache_root() / "models" / f"{path.stem}-{file_digest(path)}"))
+        return str(_convert_gguf(path.resolve(), cache_root() / "models" / f"{path.stem}-{source_digest(path)}"))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(path, "not a model folder (no config.json)", field="model.name")

@@ -2,13 +2,12 @@
 
 Stages talk only through files in one run directory. Every write goes to a temporary name and is
 renamed into place, so a file either exists complete or not at all; a stage is complete only once
-its `manifest.json` says so, with the fingerprint of the config and inputs that produced it.
+its `manifest.json` says so, with the key of the config and inputs that produced it (`keys.py`).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -84,24 +83,6 @@ def save_array(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
-
-
-# ----------------------------------------------------------------------------- fingerprints
-
-
-def fingerprint(obj: Any) -> str:
-    """A short stable hash of a JSON-able object (config sections, upstream fingerprints)."""
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, so a changed input file invalidates the stages that read it."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- stage manifests

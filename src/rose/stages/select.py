@@ -12,13 +12,16 @@ if TYPE_CHECKING:
 
 
 def select(run: Run, sd: StageDir) -> dict:
+    """The selection in every form `exports.write_exports` writes (jsonl, parquet, a saved dataset,
+    TRL prompt/completion rows) and every pool example's score as a ranked table."""
     import numpy as np
 
-    from ..selection import top_fraction, write_selection
+    from ..exports import write_exports
+    from ..selection import top_fraction
 
-    scores = np.load(run.require("score").path / "scores.npy")
+    score_dir = run.require("score").path
     fraction = 1.0 if run.selector.selects_all else run.config.select.fraction
-    info = write_selection(sd.path, run.pool.records, top_fraction(scores, fraction), scores, run.selector.name)
+    info = write_exports(sd.path, run.pool.records, top_fraction(np.load(score_dir / "scores.npy"), fraction), score_dir)
     return {"n_selected": info["n_selected"], "sources": info["sources"]}
 
 
