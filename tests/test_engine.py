@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 from conftest import lora_model
+from float64_model import truly_float64
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rose.encoding import Encoded, collate, encode, pack
 from rose.formats import Origin
@@ -32,15 +34,21 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _float64_copy(model):
-    """The same weights in float64: the reference for a float32 engine is exact autograd, not
-    float32 autograd, whose own rounding shows most on examples the model already predicts well
-    (a gradient that is a difference of near-equal terms)."""
-    return copy.deepcopy(model).double()
+    """The same weights in float64 (truly: `float64_model`): the reference for a float32 engine is
+    exact autograd, not float32 autograd, whose own rounding shows most on examples the model
+    already predicts well (a gradient that is a difference of near-equal terms)."""
+    return truly_float64(copy.deepcopy(model).double())
+
+
+def _lora_model(dtype: str):
+    """`lora_model`, made truly float64 when it is float64, so float64 tolerances hold on any CPU."""
+    model = lora_model(dtype)
+    return truly_float64(model) if dtype == "float64" else model
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
 def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
-    model = lora_model(dtype)
+    model = _lora_model(dtype)
     params = lora_parameters(model)
     examples = _examples(tokenizer)
     assert len({len(e) for e in examples}) >= 3  # mixed lengths -> padding inside the batch
@@ -57,7 +65,7 @@ def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
 def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
-    model = lora_model(dtype)
+    model = _lora_model(dtype)
     params = lora_parameters(model)
     ex = _examples(tokenizer)
     pairs = [(ex[0], ex[1]), (ex[2], ex[3]), (ex[4], ex[1])]
@@ -75,7 +83,7 @@ def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
 
 
 def test_small_token_budget_splits_batches_without_changing_results(tokenizer):
-    model = lora_model("float64")
+    model = _lora_model("float64")
     names = list(lora_parameters(model))
     examples = _examples(tokenizer)
     flat = lambda batches: [(idx, torch.cat(list(p), dim=1)) for idx, p in batches]
@@ -91,7 +99,7 @@ def test_response_logprobs_match_the_models_own_logits(tokenizer, layout):
     """Gathering response positions before the LM head gives the log-probs of a full forward pass
     of each example alone, whether the batch is padded or packed (attention stays inside each
     packed sequence)."""
-    model = lora_model("float64")
+    model = _lora_model("float64")
     examples = _examples(tokenizer)
     batch = collate(examples, tokenizer.pad_token_id) if layout == "padded" else pack(examples)
     logp, counts = response_logprobs(model, batch)
@@ -146,3 +154,114 @@ def test_compiled_lora_free_blocks_leave_per_example_grads_unchanged():
     assert compile_lora_free_blocks(model) == 2 * 3 + 1  # per layer: two norms and the MLP; the final norm
     assert compile_lora_free_blocks(model) == 0  # already compiled
     assert _rel_err(grads(), eager) < 1e-5
+
+
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def _tiny_lora_llama(registration: list[str] | None = None, share_attention: bool = False):
+    """A 2-layer random float64 Llama (made truly float64) with rank-4 LoRA on q/k/v/o and non-zero
+    B matrices. `registration` re-registers each attention block's projections in that order (the
+    parameter order), which leaves the order its forward calls them in (q, k, v, o) unchanged;
+    `share_attention` makes both layers use layer 0's attention block (weight sharing)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rose.config import LoraSettings
+    from rose.models import add_lora
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=256)
+    base = LlamaForCausalLM(config).double()
+    for layer in base.model.layers:
+        if registration:
+            layer.self_attn._modules = {name: layer.self_attn._modules[name] for name in registration}
+        if share_attention:
+            layer.self_attn = base.model.layers[0].self_attn
+    model = add_lora(base, LoraSettings(r=4, alpha=16, dropout=0.0, target_modules=ATTENTION)).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return truly_float64(model)
+
+
+def _random_examples(seed: int = 1) -> list[Encoded]:
+    gen = torch.Generator().manual_seed(seed)
+    return [Encoded(tuple(torch.randint(0, 128, (n,), generator=gen).tolist()), p) for n, p in [(9, 3), (17, 5), (30, 12)]]
+
+
+def _call_order(model, names: list[str], example: Encoded) -> list[str]:
+    """The LoRA parameters in the order the model's forward pass calls their modules."""
+    modules = dict(model.named_modules())
+    order: list[str] = []
+    handles = [modules[n.removesuffix(".weight")].register_forward_hook(lambda *_, n=n: order.append(n)) for n in names]
+    with torch.no_grad():
+        model(input_ids=torch.tensor([example.input_ids]))
+    for h in handles:
+        h.remove()
+    return order
+
+
+def test_per_example_grads_are_keyed_by_parameter_name_not_call_order():
+    """A model that registers o/v before q/k but calls q, k, v, o: every example's gradient of every
+    LoRA weight, by name, is plain autograd's (the engine once paired layers in call order with
+    names in parameter order, which put q's gradient under o's name)."""
+    model = _tiny_lora_llama(registration=["o_proj", "v_proj", "k_proj", "q_proj"])
+    params = lora_parameters(model)
+    names = list(params)
+    examples = _random_examples()
+    calls = _call_order(model, names, examples[0])
+    assert sorted(calls) == sorted(names) and calls != names  # the premise: call order is not parameter order
+    expected = torch.stack(list(reference.sft_grads(model, list(params.values()), examples, 0)))
+    got = torch.zeros_like(expected)
+    for idx, parts in engine.sft_grads(model, names, examples, 1000, torch.device("cpu")):
+        assert len(idx) == len(examples)  # one pack: every example's gradient from one pass
+        got[idx] = torch.cat([g.reshape(len(idx), -1) for g in parts], dim=1)
+    sizes = [p.numel() for p in params.values()]
+    for name, g, want in zip(names, got.split(sizes, dim=1), expected.split(sizes, dim=1)):
+        assert want.norm(dim=1).min() > 0, name
+        assert _rel_err(g, want) < 1e-10, name
+
+
+def test_a_lora_layer_called_twice_in_one_pass_is_an_error():
+    """Shared weights would need the sum over both calls; the engine refuses rather than mix them."""
+    model = _tiny_lora_llama(share_attention=True)
+    names = list(lora_parameters(model))
+    assert len(names) == 8 and len(_call_order(model, names, _random_examples()[0])) == 16
+    with pytest.raises(RuntimeError, match="twice in one forward pass"):
+        for _, parts in engine.sft_grads(model, names, _random_examples(), 1000, torch.device("cpu")):
+            list(parts)
+
+
+class _LowPrecisionOps(TorchDispatchMode):
+    """Records every op (forward and backward) that returns a floating tensor narrower than float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[str, torch.dtype] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+                self.seen.setdefault(str(func), t.dtype)
+        return out
+
+
+def test_float64_passes_never_round_to_lower_precision():
+    """On a float64 model, log-probs (padded and packed), SFT and DPO gradient passes and reference
+    log-probs run every op in float64: nothing of ours casts to float32 on the way."""
+    model = _tiny_lora_llama()
+    names = list(lora_parameters(model))
+    ex = _random_examples()
+    cpu = torch.device("cpu")
+    with _LowPrecisionOps() as ops:
+        response_logprobs(model, collate(ex, 0))
+        response_logprobs(model, pack(ex))
+        for _, parts in engine.sft_grads(model, names, ex, 1000, cpu):
+            list(parts)
+        with model.disable_adapter():
+            ref, _ = engine.sequence_logprobs(model, [ex[0], ex[1], ex[2], ex[1]], 1000, cpu)
+        for _, parts in engine.dpo_grads(model, names, [(ex[0], ex[1]), (ex[2], ex[1])], ref.view(-1, 2), 0.1, 1000, cpu):
+            list(parts)
+    assert ops.seen == {}

@@ -3,14 +3,15 @@
 For a linear map y = x W^T, the gradient of a sum of per-example losses w.r.t. W, restricted to
 example b, is sum_t dy[b, t]^T x[b, t] over b's tokens. Examples are packed into one row with no
 padding (`encoding.pack`; attention stays within each, `attention.py`). Forward hooks on every
-LoRA `Linear` (lora_A and lora_B) keep x and y; one `autograd.grad` call returns dy for all of
-them at once (no .grad is written); per module, one grouped matrix product over the pack's
-contiguous token ranges forms every example's gradient. Examples don't interact (no batch
-statistics), so group b of the result is exactly example b's gradient.
+LoRA `Linear` (lora_A and lora_B) keep x and y by parameter name; one `autograd.grad` call
+returns dy for all of them at once (no .grad is written); per module, one grouped matrix product
+over the pack's contiguous token ranges forms every example's gradient. Examples don't interact
+(no batch statistics), so group b of the result is exactly example b's gradient.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -21,21 +22,27 @@ from .losses import dpo_losses, response_logprobs, sft_losses
 
 
 class LoraTaps:
-    """Forward hooks that record the input and output of each LoRA weight's Linear module."""
+    """Forward hooks that record the input and output of each LoRA weight's Linear module, by name.
+
+    Records are keyed by parameter name, so gradients come out in the order of `param_names` (the
+    order of the moments and projection segments) whatever order the model calls its layers in.
+    A module called twice in one forward pass (shared weights) is an error: its gradient would be
+    the sum over both calls, which one record cannot give.
+    """
 
     def __init__(self, model: torch.nn.Module, param_names: Sequence[str]) -> None:
         modules = dict(model.named_modules())
-        self.modules = []
+        self.modules: dict[str, torch.nn.Module] = {}
         for name in param_names:
             owner = name.removesuffix(".weight")
             if owner == name or not isinstance(modules.get(owner), torch.nn.Linear) or modules[owner].bias is not None:
                 raise ValueError(f"{name} is not the weight of a bias-free Linear; cannot take per-example gradients")
-            self.modules.append(modules[owner])
-        self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
+            self.modules[name] = modules[owner]
+        self.records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list = []
 
     def __enter__(self) -> LoraTaps:
-        self._handles = [m.register_forward_hook(self._keep) for m in self.modules]
+        self._handles = [m.register_forward_hook(functools.partial(self._keep, name)) for name, m in self.modules.items()]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -43,23 +50,30 @@ class LoraTaps:
             h.remove()
         self.records.clear()
 
-    def _keep(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self.records.append((args[0], output))
+    def _keep(self, name: str, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if name in self.records:
+            raise RuntimeError(f"{name}: its module ran twice in one forward pass (shared weights); "
+                               "per-example gradients need one call per LoRA layer")
+        self.records[name] = (args[0], output)
 
     def per_example_grads(self, loss: torch.Tensor, batch: dict) -> Iterator[torch.Tensor]:
         """Per sequence of the packed batch, the gradient of `loss` (a sum over sequences), one LoRA
         weight at a time.
 
-        Yields [B, D_k] for each LoRA weight k in parameter order, in the model's dtype (bf16 on a
-        GPU: the grouped product accumulates in float32; consumers upcast); only the segment being
-        consumed is materialised. Consume it fully before the next forward pass.
+        Yields [B, D_k] for each LoRA weight k in the order of `param_names`, in the model's dtype
+        (bf16 on a GPU: the grouped product accumulates in float32; consumers upcast); only the
+        segment being consumed is materialised. The forward pass's records are taken at once.
         """
-        if len(self.records) != len(self.modules):
-            raise RuntimeError(f"expected {len(self.modules)} LoRA calls in the forward pass, saw {len(self.records)}")
-        inputs, outputs = zip(*self.records)
-        self.records = []
+        missing = [name for name in self.modules if name not in self.records]
+        if missing:
+            raise RuntimeError(f"{len(missing)} LoRA layers did not run in the forward pass, e.g. {missing[0]}")
+        records, self.records = self.records, {}
+        return self._segments([records[name] for name in self.modules], loss, batch["cu_seq_lens"][1:])
+
+    @staticmethod
+    def _segments(records: list[tuple[torch.Tensor, torch.Tensor]], loss: torch.Tensor, ends: torch.Tensor) -> Iterator[torch.Tensor]:
+        inputs, outputs = zip(*records)
         grad_outputs = torch.autograd.grad(loss, outputs)
-        ends = batch["cu_seq_lens"][1:]
         with torch.no_grad():
             for x, dy in zip(inputs, grad_outputs):
                 yield per_sequence_products(dy[0], x[0], ends).flatten(1)

@@ -1,0 +1,43 @@
+"""The comparison summary (written into the results JSON and the report table) against hand-computed numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from rose.report import method_summary, render_compare
+
+
+def _result(method: str, group: str, acc: float, **metrics) -> dict:
+    return {"method": method, "group": group, "heldout_pref_acc": acc, "n_selected": 10, "fraction": 0.05,
+            "sources": {"a": {"share": 1.0}}, **metrics}
+
+
+RESULTS = {
+    "random-s0": _result("random", "main", 0.50, val_dpo_loss=0.70),
+    "random-s1": _result("random", "main", 0.60, val_dpo_loss=0.60),
+    "random-s2": _result("random", "main", 0.80),  # no validation loss recorded for this seed
+    "rose": _result("rose", "main", 0.75, val_dpo_loss=0.40),
+    "rose-budget-0.01": _result("rose", "budget", 0.10),  # another group: not in the main summary
+}
+
+
+def test_method_summary_is_the_mean_and_sample_std_over_seeds():
+    summary = method_summary(RESULTS)
+    assert list(summary) == ["random", "rose"]
+    random = summary["random"]
+    # accuracy 0.5, 0.6, 0.8: mean 19/30; squared deviations (4/30)^2, (1/30)^2, (5/30)^2 sum to 42/900, / (3 - 1)
+    assert random["heldout_pref_acc"] == pytest.approx(19 / 30, abs=1e-12)
+    assert random["heldout_pref_acc_std"] == pytest.approx((21 / 900) ** 0.5, abs=1e-12)
+    # validation loss of two seeds, 0.7 and 0.6: mean 0.65, std |0.7 - 0.6| / sqrt(2)
+    assert random["val_dpo_loss"] == pytest.approx(0.65, abs=1e-12)
+    assert random["val_dpo_loss_std"] == pytest.approx(0.1 / 2 ** 0.5, abs=1e-12)
+    assert random["n_runs"] == 3 and random["n_selected"] == 10 and random["fraction"] == 0.05
+    rose = summary["rose"]
+    assert rose["heldout_pref_acc"] == 0.75 and rose["n_runs"] == 1 and "heldout_pref_acc_std" not in rose  # one run: no spread
+    assert method_summary(RESULTS, "budget") == {"rose": {"n_runs": 1, "n_selected": 10, "fraction": 0.05, "heldout_pref_acc": 0.10}}
+
+
+def test_report_table_shows_the_summary():
+    table = render_compare(RESULTS, "t", [], {"budget": [], "shots": []})
+    assert f"| random | 10 | {19 / 30:.4f} ± {(21 / 900) ** 0.5:.4f} |" in table
+    assert "| rose | 10 | 0.7500 |" in table
