@@ -65,7 +65,7 @@ from rose.config import LoraSettings
 from rose.encoding import Encoded, collate, pack, token_batches, token_packs
 from rose.grads import engine, reference
 from rose.grads.adam import AdamMoments, adam_direction
-from rose.grads.losses import response_logprobs, sft_losses
+from rose.grads.losses import SFTLoss, response_logprobs, sft_losses
 from rose.grads.project import DenseProjector, SparseProjector
 from rose.grads.transform import ExactCosines, ProjectedFeatures
 from rose.models import add_lora, compile_lora_free_blocks, lora_parameters, set_adapter_dtype
@@ -228,7 +228,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
 
     def check_engine(label: str) -> None:
         got = torch.zeros_like(want)
-        for idx, parts in engine.sft_grads(model, names, check, budget, device):
+        for idx, parts in engine.per_example_grads(model, names, check, SFTLoss(), budget, device):
             got[idx] = torch.cat(list(parts), dim=1).float()
         errs, cosines = compare_rows(got, want)
         results[f"engine{label}_vs_reference_max_rel_err"] = max(errs)
@@ -238,7 +238,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
 
     check_engine("_eager")
     sparse = SparseProjector(segments, args.dim, 0)
-    for _, parts in engine.sft_grads(model, names, check, budget, device):
+    for _, parts in engine.per_example_grads(model, names, check, SFTLoss(), budget, device):
         parts = [p.clone() for p in parts]
         fused = ProjectedFeatures(sparse, moments)(iter(parts))
         unfused = ProjectedFeatures(sparse, moments, fuse=False)(iter(parts))
@@ -268,7 +268,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
             torch.autograd.grad(sft_losses(*response_logprobs(model, batch)).sum(), plist)
 
     def engine_pass(sink) -> None:
-        for _, parts in engine.sft_grads(model, names, examples, budget, device):
+        for _, parts in engine.per_example_grads(model, names, examples, SFTLoss(), budget, device):
             sink(parts)
 
     dense = DenseProjector(segments, args.dim, seed=0)

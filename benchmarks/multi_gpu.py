@@ -29,6 +29,7 @@ from grad_throughput import build, make_examples  # same models and example leng
 from rose.distributed import Dist
 from rose.grads import engine
 from rose.grads.adam import AdamMoments
+from rose.grads.losses import SFTLoss
 from rose.grads.project import SparseProjector
 from rose.grads.transform import ProjectedFeatures
 from rose.models import lora_parameters
@@ -57,7 +58,7 @@ def measure(args) -> None:
         out = {}
         for start, stop in mine:
             feats = np.zeros((stop - start, args.dim), dtype=np.float32)
-            for idx, parts in engine.sft_grads(model, names, examples[start:stop], args.batch_tokens, device):
+            for idx, parts in engine.per_example_grads(model, names, examples[start:stop], SFTLoss(), args.batch_tokens, device):
                 feats[idx] = sink(parts).float().cpu().numpy()
             out[start] = feats
         return out

@@ -22,13 +22,15 @@ import torch
 
 from rose.compare import link_cache
 from rose.config import load_config
-from rose.context import Run, sample_indices
+from rose.context import Run
 from rose.grads import engine
+from rose.grads.losses import SFTLoss
 from rose.grads.project import make_projector
-from rose.grads.transform import ExactCosines, ProjectedFeatures
+from rose.grads.transform import ExactCosines, ProjectedFeatures, RawGradients
+from rose.inputs import sample_indices
 from rose.pipeline import run_stages
 from rose.score import aggregate, checkpoint_weights
-from rose.stages import RawGradients, validation_grads
+from rose.stages.val_grads import validation_grads
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,27 +57,26 @@ def main() -> None:
     if args.cache:
         run.dir.mkdir(parents=True, exist_ok=True)
         link_cache(run, Path(args.cache))
-    run = run_stages(config, ["warmup", "val-grads"], base=run)
-    subtasks = [p.subtask for p in run.validation]
-    reference = torch.from_numpy(np.load(run.stage("val-grads").path / "reference_logps.npy"))
-    chosen = sample_indices(len(run.pool), args.sample, 123)
-    examples = [run.pool_encoded[i] for i in chosen]
+    run = run_stages(config, ["warmup", "base-logprobs", "val-grads"], base=run)
+    subtasks = [p.subtask for p in run.validation.records]
+    chosen = sample_indices(len(run.pool.records), args.sample, 123)
+    examples = [run.pool.encoded[i] for i in chosen]
     ckpts = run.checkpoints()
     weights = checkpoint_weights([c.mean_lr() for c in ckpts])
     options = {f"{kind}-{dim}": (kind, dim) for dim in args.dims for kind in ("sparse", "dense")}
-    projectors = {name: make_projector(kind, run.segments, dim, config.gradients.seed) for name, (kind, dim) in options.items()}
+    projectors = {name: make_projector(kind, run.model.segments, dim, config.gradients.seed) for name, (kind, dim) in options.items()}
     sims = {name: np.zeros((len(examples), len(subtasks))) for name in ["exact", *options]}
     seconds = dict.fromkeys(sims, 0.0)
     for ckpt, weight in zip(ckpts, weights):
-        run.load_adapter(ckpt.adapter)
-        moments = ckpt.moments(run.param_names).to(run.device)
-        targets = validation_grads(run, RawGradients(sum(run.segments)), reference).to(run.device).split(run.segments, dim=1)
+        run.model.load_adapter(ckpt.adapter)
+        moments = ckpt.moments(run.model.param_names).to(run.device)
+        targets = validation_grads(run, RawGradients(sum(run.model.segments))).to(run.device).split(run.model.segments, dim=1)
         sinks = {"exact": ExactCosines(targets, moments)}
         val_features = {}
         for name, projector in projectors.items():
             sinks[name] = ProjectedFeatures(projector, moments)
             val_features[name] = ProjectedFeatures(projector)([t.float() for t in targets])
-        for idx, parts in engine.sft_grads(run.model, run.param_names, examples, config.gradients.batch_tokens, run.device):
+        for idx, parts in engine.per_example_grads(run.model.model, run.model.param_names, examples, SFTLoss(), config.gradients.batch_tokens, run.device):
             parts = list(parts)
             for name, sink in sinks.items():
                 torch.cuda.synchronize() if run.device.type == "cuda" else None
@@ -87,7 +88,7 @@ def main() -> None:
                 seconds[name] += time.perf_counter() - start
     exact, _ = aggregate(sims["exact"], subtasks)
     report = {"config": args.config, "sample": len(examples), "checkpoints": len(ckpts), "validation_items": len(subtasks),
-              "lora_params": sum(run.segments), "device": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu",
+              "lora_params": sum(run.model.segments), "device": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu",
               "sink_seconds": seconds, "options": {}}
     print(f"{'option':14s} {'spearman':>9s} {'top5% overlap':>14s} {'sink s':>8s}")
     for name in options:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from rose.config import load_config
 from rose.context import Run
 from rose.grads import engine
+from rose.grads.losses import DPOLoss, SFTLoss
 
 
 def _collect(batches, n: int) -> torch.Tensor:
@@ -39,15 +40,15 @@ def _collect(batches, n: int) -> torch.Tensor:
 def directions(config_path: str, overrides: list[str], adapter: str | None) -> dict:
     run = Run(load_config(config_path, overrides))
     if adapter:
-        run.load_adapter(Path(adapter))
-    model, names = run.model, run.param_names
-    pairs, encoded = run.validation_set
+        run.model.load_adapter(Path(adapter))
+    model, names = run.model.model, run.model.param_names
+    pairs, encoded = run.validation.records, run.validation.encoded
     budget = run.config.gradients.batch_tokens
     with model.disable_adapter():
         ref, _ = engine.sequence_logprobs(model, [s for p in encoded for s in p], budget, run.device)
-    dpo = _collect(engine.dpo_grads(model, names, encoded, ref.view(-1, 2), 0.1, budget, run.device), len(pairs))
-    chosen = _collect(engine.sft_grads(model, names, [c for c, _ in encoded], budget, run.device), len(pairs))
-    rejected = _collect(engine.sft_grads(model, names, [r for _, r in encoded], budget, run.device), len(pairs))
+    dpo = _collect(engine.per_example_grads(model, names, encoded, DPOLoss(ref.view(-1, 2), 0.1), budget, run.device), len(pairs))
+    chosen = _collect(engine.per_example_grads(model, names, [c for c, _ in encoded], SFTLoss(), budget, run.device), len(pairs))
+    rejected = _collect(engine.per_example_grads(model, names, [r for _, r in encoded], SFTLoss(), budget, run.device), len(pairs))
     n_c = torch.tensor([len(c) - c.n_prompt for c, _ in encoded], dtype=torch.float64)
     n_r = torch.tensor([len(r) - r.n_prompt for _, r in encoded], dtype=torch.float64)
     # SFT gradients are of the mean NLL; scale back to summed log-probs to compare their sizes

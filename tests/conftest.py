@@ -11,6 +11,7 @@ import torch
 from rose.config import LoraSettings, ModelConfig, load_config
 from rose.demo import demo_config, write_demo_data
 from rose.models import add_lora, load_model, load_tokenizer
+from rose.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,7 @@ def demo_files(tmp_path_factory) -> dict[str, Path]:
     return write_demo_data(tmp_path_factory.mktemp("demo"), per_skill=6, shots=4, heldout=8, tests=4)
 
 
-FOLDERS = ["warmup", "grads/val", "grads/train", "scores", "selection", "reference", "finetune", "eval"]
+FOLDERS = [stage.folder for stage in STAGES.values()]
 
 
 def tiny_config(run_dir, files, **overrides):

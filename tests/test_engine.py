@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from rose.encoding import Encoded, collate, encode, pack
 from rose.formats import Origin
 from rose.grads import engine, reference
-from rose.grads.losses import response_logprobs
+from rose.grads.losses import DPOLoss, SFTLoss, response_logprobs
 from rose.models import lora_parameters
 
 QUESTIONS = [
@@ -56,7 +56,7 @@ def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
     expected = torch.stack(list(reference.sft_grads(exact, list(lora_parameters(exact).values()), examples, tokenizer.pad_token_id)))
     got = torch.zeros_like(expected)
     batches = 0
-    for idx, parts in engine.sft_grads(model, list(params), examples, 10_000, torch.device("cpu")):
+    for idx, parts in engine.per_example_grads(model, list(params), examples, SFTLoss(), 10_000, torch.device("cpu")):
         got[idx] = torch.cat(list(parts), dim=1).to(got.dtype)
         batches += 1
     assert batches == 1 and expected.shape == (5, sum(p.numel() for p in params.values()))
@@ -76,7 +76,7 @@ def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
     expected = torch.stack(list(reference.dpo_grads(exact, list(lora_parameters(exact).values()), pairs, ref, 0.1,
                                                     tokenizer.pad_token_id)))
     got = torch.zeros_like(expected)
-    for idx, parts in engine.dpo_grads(model, list(params), pairs, ref, 0.1, 10_000, torch.device("cpu")):
+    for idx, parts in engine.per_example_grads(model, list(params), pairs, DPOLoss(ref, 0.1), 10_000, torch.device("cpu")):
         got[idx] = torch.cat(list(parts), dim=1).to(got.dtype)
     assert expected.norm(dim=1).min() > 0
     assert _rel_err(got, expected) < tol
@@ -87,8 +87,8 @@ def test_small_token_budget_splits_batches_without_changing_results(tokenizer):
     names = list(lora_parameters(model))
     examples = _examples(tokenizer)
     flat = lambda batches: [(idx, torch.cat(list(p), dim=1)) for idx, p in batches]
-    (idx, g_all), = flat(engine.sft_grads(model, names, examples, 10_000, torch.device("cpu")))
-    singles = flat(engine.sft_grads(model, names, examples, 60, torch.device("cpu")))
+    (idx, g_all), = flat(engine.per_example_grads(model, names, examples, SFTLoss(), 10_000, torch.device("cpu")))
+    singles = flat(engine.per_example_grads(model, names, examples, SFTLoss(), 60, torch.device("cpu")))
     assert len(singles) == len(examples)  # a budget of 60 tokens fits one example per batch
     for idx_one, g in singles:
         assert torch.allclose(g[0], g_all[idx.index(idx_one[0])], rtol=1e-9, atol=1e-12)
@@ -147,7 +147,7 @@ def test_compiled_lora_free_blocks_leave_per_example_grads_unchanged():
     examples = [Encoded(tuple(torch.randint(0, 128, (n,), generator=gen).tolist()), p) for n, p in [(9, 3), (17, 5), (30, 12)]]
 
     def grads():
-        (idx, g), = [(idx, torch.cat(list(parts), dim=1)) for idx, parts in engine.sft_grads(model, names, examples, 1000, torch.device("cpu"))]
+        (idx, g), = [(idx, torch.cat(list(parts), dim=1)) for idx, parts in engine.per_example_grads(model, names, examples, SFTLoss(), 1000, torch.device("cpu"))]
         return g[torch.argsort(torch.tensor(idx))]
 
     eager = grads()
@@ -214,7 +214,7 @@ def test_per_example_grads_are_keyed_by_parameter_name_not_call_order():
     assert sorted(calls) == sorted(names) and calls != names  # the premise: call order is not parameter order
     expected = torch.stack(list(reference.sft_grads(model, list(params.values()), examples, 0)))
     got = torch.zeros_like(expected)
-    for idx, parts in engine.sft_grads(model, names, examples, 1000, torch.device("cpu")):
+    for idx, parts in engine.per_example_grads(model, names, examples, SFTLoss(), 1000, torch.device("cpu")):
         assert len(idx) == len(examples)  # one pack: every example's gradient from one pass
         got[idx] = torch.cat([g.reshape(len(idx), -1) for g in parts], dim=1)
     sizes = [p.numel() for p in params.values()]
@@ -229,7 +229,7 @@ def test_a_lora_layer_called_twice_in_one_pass_is_an_error():
     names = list(lora_parameters(model))
     assert len(names) == 8 and len(_call_order(model, names, _random_examples()[0])) == 16
     with pytest.raises(RuntimeError, match="twice in one forward pass"):
-        for _, parts in engine.sft_grads(model, names, _random_examples(), 1000, torch.device("cpu")):
+        for _, parts in engine.per_example_grads(model, names, _random_examples(), SFTLoss(), 1000, torch.device("cpu")):
             list(parts)
 
 
@@ -258,10 +258,10 @@ def test_float64_passes_never_round_to_lower_precision():
     with _LowPrecisionOps() as ops:
         response_logprobs(model, collate(ex, 0))
         response_logprobs(model, pack(ex))
-        for _, parts in engine.sft_grads(model, names, ex, 1000, cpu):
+        for _, parts in engine.per_example_grads(model, names, ex, SFTLoss(), 1000, cpu):
             list(parts)
         with model.disable_adapter():
             ref, _ = engine.sequence_logprobs(model, [ex[0], ex[1], ex[2], ex[1]], 1000, cpu)
-        for _, parts in engine.dpo_grads(model, names, [(ex[0], ex[1]), (ex[2], ex[1])], ref.view(-1, 2), 0.1, 1000, cpu):
+        for _, parts in engine.per_example_grads(model, names, [(ex[0], ex[1]), (ex[2], ex[1])], DPOLoss(ref.view(-1, 2), 0.1), 1000, cpu):
             list(parts)
     assert ops.seen == {}

@@ -20,7 +20,7 @@ from rose.config import LoraSettings
 from rose.encoding import Encoded, collate, pack
 from rose.errors import ConfigError
 from rose.grads import engine
-from rose.grads.losses import dpo_losses, response_logprobs, sft_losses
+from rose.grads.losses import DPOLoss, SFTLoss, dpo_losses, response_logprobs, sft_losses
 from rose.models import add_lora, lora_parameters
 from rose.support import check_model_support
 
@@ -148,8 +148,8 @@ def test_logprobs_gradients_and_losses_match_the_models_own_forward_pass(family)
     assert (dpo - torch.stack(want_dpo_loss).detach()).abs().max() < TOL
 
     names, cpu = list(lora_parameters(model)), torch.device("cpu")  # (b)
-    sft = engine_grads(engine.sft_grads(model, names, EXAMPLES, 40, cpu))  # two packs
-    dpo = engine_grads(engine.dpo_grads(model, names, PAIRS, reference, BETA, 10_000, cpu))
+    sft = engine_grads(engine.per_example_grads(model, names, EXAMPLES, SFTLoss(), 40, cpu))  # two packs
+    dpo = engine_grads(engine.per_example_grads(model, names, PAIRS, DPOLoss(reference, BETA), 10_000, cpu))
     for i, g in enumerate(want_sft):
         assert relative_error(sft[i], g) < TOL, f"{name} SFT example {i}"
     for i, g in enumerate(want_dpo):

@@ -21,7 +21,7 @@ def test_every_stage_writes_complete_outputs(finished_run):
     run_dir, config, run = finished_run
     for folder in FOLDERS:
         assert read_json(run_dir / folder / MANIFEST)["complete"] is True
-    n = len(run.pool)
+    n = len(run.pool.records)
     train = np.concatenate([np.load(f) for f in sorted((run_dir / "grads/train/epoch-2").glob("shard-*.npy"))])
     assert train.shape == (n, 2048) and train.dtype == np.float16
     assert np.allclose(np.linalg.norm(train.astype(np.float64), axis=1), 1, atol=2e-3)
@@ -61,7 +61,7 @@ def test_rerun_skips_finished_stages_and_later_stages_follow_config_changes(fini
 def test_a_stage_needs_its_inputs(tmp_path, demo_files):
     with pytest.raises(RunDirError, match="run `rose warmup`"):
         run_stages(tiny_config(tmp_path, demo_files), ["train-grads"])
-    assert list(STAGES) == ["warmup", "val-grads", "train-grads", "score", "select", "reference", "finetune", "evaluate"]
+    assert list(STAGES) == ["warmup", "base-logprobs", "val-grads", "train-grads", "score", "select", "finetune", "evaluate"]
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,13 +71,13 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(finished_run, demo_files, tmp_path):
     run_dir, _, run = finished_run
-    planted = np.array([e.source == PLANTED for e in run.pool])
+    planted = np.array([e.source == PLANTED for e in run.pool.records])
     projected = np.load(run_dir / "scores/scores.npy")
     # how often resume points are saved is no part of a stage's key either
     variants = {"exact": {"gradients.projection": "none", "warmup.resume_every": 7}, "less": {"select.method": "less"}}
     for name, overrides in variants.items():
         shutil.copytree(run_dir / "warmup", tmp_path / name / "warmup")  # same key: reused, not retrained
-        run_stages(tiny_config(tmp_path / name, demo_files, **overrides), ["warmup", "val-grads", "train-grads", "score"])
+        run_stages(tiny_config(tmp_path / name, demo_files, **overrides), ["warmup", "base-logprobs", "val-grads", "train-grads", "score"])
         scores = np.load(tmp_path / name / "scores/scores.npy")
         assert planted[np.argsort(-scores)[: planted.sum()]].mean() >= 0.5  # base rate 1/8
         assert _spearman(scores, projected) > 0.3

@@ -23,8 +23,8 @@ from peft import PeftModel
 
 from .encoding import Encoded
 from .errors import ConfigError
-from .grads.engine import sequence_logprobs, sft_grads
-from .grads.losses import sft_losses
+from .grads.engine import per_example_grads, sequence_logprobs
+from .grads.losses import SFTLoss, sft_losses
 from .models import lora_parameters
 
 #: Largest disagreement accepted, by the model's dtype: per-token log-prob error (nats) and the
@@ -73,7 +73,7 @@ def _measure(model: PeftModel, sequences: list[Encoded]) -> SupportErrors:
     names, params = zip(*lora_parameters(model).items())
     device = params[0].device
     budget = sum(len(s) for s in sequences)
-    (idx, segments), = list(sft_grads(model, list(names), sequences, budget, device))
+    (idx, segments), = list(per_example_grads(model, list(names), sequences, SFTLoss(), budget, device))
     packed_grads = torch.cat([g.float() for g in segments], dim=1)[torch.argsort(torch.tensor(idx))]  # [2, D] on the device
     packed_logps, counts = sequence_logprobs(model, sequences, budget, device)
     logprob, gradient = 0.0, 0.0

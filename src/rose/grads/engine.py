@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..encoding import Encoded, pack, token_packs
-from .losses import dpo_losses, response_logprobs, sft_losses
+from .losses import ItemLoss, response_logprobs
 
 
 class LoraTaps:
@@ -100,43 +100,29 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def sft_grads(
+def per_example_grads(
     model: torch.nn.Module,
     param_names: Sequence[str],
-    examples: Sequence[Encoded],
+    items: Sequence,
+    loss: ItemLoss,
     batch_tokens: int,
     device: torch.device,
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield (indices into `examples`, per-example gradients of the mean response NLL, segment by segment)."""
-    with LoraTaps(model, param_names) as taps:
-        for idx in token_packs([len(e) for e in examples], batch_tokens):
-            batch = _to(pack([examples[i] for i in idx]), device)
-            loss = sft_losses(*response_logprobs(model, batch)).sum()
-            yield idx, taps.per_example_grads(loss, batch)
+) -> Iterator[tuple[list[int], Iterator[torch.Tensor]]]:
+    """Yield (indices into `items`, each item's gradient of `loss`, one LoRA weight at a time: [B, D_k]).
 
-
-def dpo_grads(
-    model: torch.nn.Module,
-    param_names: Sequence[str],
-    pairs: Sequence[tuple[Encoded, Encoded]],
-    reference_logps: torch.Tensor,
-    beta: float,
-    batch_tokens: int,
-    device: torch.device,
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield (pair indices, each pair's DPO-loss gradient segment by segment).
-
-    Chosen and rejected go through the network as separate sequences of one pack; a pair's gradient is
-    the sum of its two sequences' gradients of the summed DPO loss. reference_logps: [M, 2].
+    An item is one sequence (`SFTLoss`) or a preference pair (`DPOLoss`: chosen and rejected are
+    two sequences of the same pack, and the pair's gradient is the sum of theirs). Items are packed
+    longest first into rows of at most `batch_tokens` tokens.
     """
+    per_item = loss.sequences_per_item
     with LoraTaps(model, param_names) as taps:
-        for idx in token_packs([len(c) + len(r) for c, r in pairs], batch_tokens):
-            batch = _to(pack([seq for i in idx for seq in pairs[i]]), device)  # chosen_0, rejected_0, chosen_1, ...
-            logp, _ = response_logprobs(model, batch)
-            ref = reference_logps[idx].to(device)
-            loss = dpo_losses(logp[0::2], logp[1::2], ref[:, 0], ref[:, 1], beta).sum()
-            grads = taps.per_example_grads(loss, batch)
-            yield idx, (g[0::2].to(torch.promote_types(g.dtype, torch.float32)) + g[1::2] for g in grads)
+        for idx in token_packs([sum(len(s) for s in loss.sequences(item)) for item in items], batch_tokens):
+            batch = _to(pack([s for i in idx for s in loss.sequences(items[i])]), device)
+            grads = taps.per_example_grads(loss(*response_logprobs(model, batch), idx), batch)
+            if per_item == 1:
+                yield idx, grads
+            else:  # sequences of one item are adjacent: sum them, in float32 or wider
+                yield idx, (g.view(len(idx), per_item, -1).to(torch.promote_types(g.dtype, torch.float32)).sum(1) for g in grads)
 
 
 @torch.no_grad()

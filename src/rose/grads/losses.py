@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..encoding import IGNORE
+from ..encoding import IGNORE, Encoded
 from .attention import packed_attention
 
 
@@ -102,3 +103,38 @@ def dpo_losses(
     """[B] -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), log-probs summed over the response."""
     margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
     return -F.logsigmoid(beta * margin)
+
+
+class SFTLoss:
+    """The mean NLL over each sequence's response tokens: the pool's loss, and LESS's validation
+    loss on the chosen responses. An item is one sequence."""
+
+    sequences_per_item = 1
+
+    def sequences(self, item: Encoded) -> tuple[Encoded, ...]:
+        return (item,)
+
+    def __call__(self, logp: torch.Tensor, n_tokens: torch.Tensor, items: Sequence[int]) -> torch.Tensor:
+        """The summed loss of a pack's items, given its sequences' summed log-probs and token counts."""
+        return sft_losses(logp, n_tokens).sum()
+
+
+@dataclass(frozen=True)
+class DPOLoss:
+    """The DPO loss of each preference pair (Rafailov et al. 2023), against the reference model's
+    summed log-probs [M, 2] (chosen, rejected): ROSE's validation loss. An item is a pair, whose
+    chosen and rejected responses go through the network as two sequences."""
+
+    reference: torch.Tensor
+    beta: float
+    sequences_per_item = 2
+
+    def sequences(self, item: tuple[Encoded, Encoded]) -> tuple[Encoded, ...]:
+        return item
+
+    def __call__(self, logp: torch.Tensor, n_tokens: torch.Tensor, items: Sequence[int]) -> torch.Tensor:
+        ref = self.reference[items].to(logp.device)
+        return dpo_losses(logp[0::2], logp[1::2], ref[:, 0], ref[:, 1], self.beta).sum()
+
+
+ItemLoss = SFTLoss | DPOLoss

@@ -22,6 +22,7 @@ def train_grads(run: Run, sd: StageDir) -> dict:
     from tqdm.auto import tqdm
 
     from ..grads import engine
+    from ..grads.losses import SFTLoss
     from ..grads.transform import ExactCosines, ProjectedFeatures, RawGradients
     from ..store import save_array, shard_name, shard_ranges
 
@@ -51,7 +52,7 @@ def train_grads(run: Run, sd: StageDir) -> dict:
         for start, stop in todo:
             # unit vectors lose nothing that matters in float16; cosines stay float32
             out = np.zeros((stop - start, sink.out_dim), dtype=np.float32 if exact else np.float16)
-            for idx, parts in engine.sft_grads(model.model, model.param_names, encoded[start:stop], cfg.batch_tokens, run.device):
+            for idx, parts in engine.per_example_grads(model.model, model.param_names, encoded[start:stop], SFTLoss(), cfg.batch_tokens, run.device):
                 out[idx] = sink(parts).float().cpu().numpy()
                 bar.update(len(idx))
             save_array(folder / shard_name(start, stop), out)

@@ -32,16 +32,15 @@ def validation_grads(run: Run, sink) -> torch.Tensor:
     import torch
 
     from ..grads import engine
+    from ..grads.losses import DPOLoss, SFTLoss
 
     cfg, model, validation = run.config.gradients, run.model, run.validation
     out = torch.zeros(len(validation.records), sink.out_dim, dtype=torch.float64)
-    if run.selector.validation_loss == "sft":
-        batches = engine.sft_grads(model.model, model.param_names, [c for c, _ in validation.encoded], cfg.batch_tokens, run.device)
-    else:
-        reference = torch.from_numpy(read_base_logprobs(run, "validation"))
-        batches = engine.dpo_grads(model.model, model.param_names, validation.encoded, reference, cfg.dpo_beta,
-                                   cfg.batch_tokens, run.device)
-    for idx, parts in batches:
+    if run.selector.validation_loss == "sft":  # LESS: the chosen responses
+        items, loss = [chosen for chosen, _ in validation.encoded], SFTLoss()
+    else:  # ROSE: each pair, against the base model
+        items, loss = validation.encoded, DPOLoss(torch.from_numpy(read_base_logprobs(run, "validation")), cfg.dpo_beta)
+    for idx, parts in engine.per_example_grads(model.model, model.param_names, items, loss, cfg.batch_tokens, run.device):
         out[idx] = sink(parts).double().cpu()
     return out
 
