@@ -61,13 +61,13 @@ import torch
 from less_baseline import PROJECT_INTERVAL, less_features
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from rose.config import LoraSettings
+from rose.config import LoraConfig
 from rose.encoding import Encoded, collate, pack, token_batches, token_packs
-from rose.grads import engine, reference
+from rose.grads import engine, oracle
 from rose.grads.adam import AdamMoments, adam_direction
 from rose.grads.losses import SFTLoss, response_logprobs, sft_losses
 from rose.grads.project import DenseProjector, SparseProjector
-from rose.grads.transform import ExactCosines, ProjectedFeatures
+from rose.grads.sinks import ExactCosines, ProjectedFeatures
 from rose.models import add_lora, compile_lora_free_blocks, lora_parameters, set_adapter_dtype
 
 ARCHS = {
@@ -156,7 +156,7 @@ def build(arch: str, r: int, alpha: float, device: torch.device, dtype: torch.dt
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.requires_grad_(False)
-    model = add_lora(model, LoraSettings(r=r, alpha=alpha, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model = add_lora(model, LoraConfig(r=r, alpha=alpha, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=1e-3)
@@ -223,7 +223,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
               f"floor {floor_s / seconds:6.1%}  peak {peak:6.1f} GB  ({args.repeats} repeats: {spread})", flush=True)
 
     check = examples[:4]
-    want = torch.stack(list(reference.sft_grads(model, plist, check, pad))).float()
+    want = torch.stack(list(oracle.sft_grads(model, plist, check, pad))).float()
     model.zero_grad()
 
     def check_engine(label: str) -> None:
@@ -292,7 +292,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
     # is checked against the reference: the same gradients, Adam direction and projection
     first = loop[:PROJECT_INTERVAL]
     got = less_features(model, plist, first, pad, moments, dense)
-    grads = torch.stack(list(reference.sft_grads(model, plist, first, pad)))
+    grads = torch.stack(list(oracle.sft_grads(model, plist, first, pad)))
     errs, cosines = compare_rows(got, dense(adam_direction(grads, moments)).cpu())
     results["less_loop_vs_reference_max_rel_err"], results["less_loop_vs_reference_min_cosine"] = max(errs), min(cosines)
     print(f"  {arch:14s} LESS loop vs reference, projected Adam directions of {len(first)} examples: relative error "

@@ -31,7 +31,7 @@ from rose.grads import engine
 from rose.grads.adam import AdamMoments
 from rose.grads.losses import SFTLoss
 from rose.grads.project import SparseProjector
-from rose.grads.transform import ProjectedFeatures
+from rose.grads.sinks import ProjectedFeatures
 from rose.models import lora_parameters
 from rose.store import shard_ranges
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from rose.config import LoraSettings
+from rose.config import LoraConfig
 from rose.encoding import Encoded, pack
 from rose.grads import attention
 from rose.grads.losses import response_logprobs
@@ -123,7 +123,7 @@ def model_rows(size: dict, device: torch.device, dtype: torch.dtype) -> list[dic
     for name, config in tiny_decoders(size).items():
         torch.manual_seed(0)
         base = transformers.AutoModelForCausalLM.from_config(config).eval()
-        model = add_lora(base, LoraSettings(r=16, alpha=32, dropout=0.0))
+        model = add_lora(base, LoraConfig(r=16, alpha=32, dropout=0.0))
         for pname, p in model.named_parameters():
             if "lora_B" in pname:
                 torch.nn.init.normal_(p, std=0.02)

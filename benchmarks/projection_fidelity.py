@@ -26,10 +26,10 @@ from rose.context import Run
 from rose.grads import engine
 from rose.grads.losses import SFTLoss
 from rose.grads.project import make_projector
-from rose.grads.transform import ExactCosines, ProjectedFeatures, RawGradients
+from rose.grads.sinks import ExactCosines, ProjectedFeatures, RawGradients
 from rose.inputs import sample_indices
 from rose.pipeline import run_stages
-from rose.score import aggregate, checkpoint_weights
+from rose.influence import aggregate, checkpoint_weights
 from rose.stages.val_grads import validation_grads
 
 

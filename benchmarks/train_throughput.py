@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 from grad_throughput import build, make_examples, timed
 
-from rose.config import TrainSettings
+from rose.config import TrainConfig
 from rose.distributed import Dist
 from rose.grads import engine
 from rose.models import set_adapter_dtype
 from rose.train import train_lora
 
 
-def train_pass(model, examples, settings: TrainSettings) -> None:
+def train_pass(model, examples, settings: TrainConfig) -> None:
     set_adapter_dtype(model, torch.float32)  # trained in float32 over the frozen base, as the stages do
     with tempfile.TemporaryDirectory() as out:
         train_lora(model, examples, settings, Path(out), pad_id=0, seed=0, dist_ctx=Dist(), save_checkpoints=False,
@@ -71,7 +71,7 @@ def main() -> None:
 
     warm = examples[: 4 * args.batch_size]
     for micro in args.micro_tokens:
-        settings = TrainSettings(epochs=1, lr=1e-4, batch_size=args.batch_size, micro_batch_tokens=micro)
+        settings = TrainConfig(epochs=1, lr=1e-4, batch_size=args.batch_size, micro_batch_tokens=micro)
         train_pass(model, warm, settings)  # kernels chosen, allocator settled
         seconds, peak = timed(lambda s=settings: train_pass(model, examples, s), device)
         record(f"train_micro{micro}", seconds, peak)
@@ -83,7 +83,7 @@ def main() -> None:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        settings = TrainSettings(epochs=1, lr=1e-4, batch_size=args.batch_size, micro_batch_tokens=args.micro_tokens[-1])
+        settings = TrainConfig(epochs=1, lr=1e-4, batch_size=args.batch_size, micro_batch_tokens=args.micro_tokens[-1])
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
             train_pass(model, warm, settings)

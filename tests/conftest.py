@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rose.config import LoraSettings, ModelConfig, load_config
+from rose.config import LoraConfig, ModelConfig, load_config
 from rose.demo import demo_config, write_demo_data
 from rose.models import add_lora, load_model, load_tokenizer
 from rose.stages import STAGES
@@ -69,7 +69,7 @@ def tiny_llama(vocab_size: int, dtype: torch.dtype = torch.float32, seed: int = 
 def lora_model(dtype: str = "float32", r: int = 4, seed: int = 0):
     """A fresh SmolLM2 with LoRA whose B matrices are non-zero, so policy != reference."""
     torch.manual_seed(seed)
-    model = add_lora(load_model(ModelConfig(dtype=dtype, device="cpu")), LoraSettings(r=r, alpha=4 * r, dropout=0.1))
+    model = add_lora(load_model(ModelConfig(dtype=dtype, device="cpu")), LoraConfig(r=r, alpha=4 * r, dropout=0.1))
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)

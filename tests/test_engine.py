@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rose.encoding import Encoded, collate, encode, pack
 from rose.formats import Origin
-from rose.grads import engine, reference
+from rose.grads import engine, oracle
 from rose.grads.losses import DPOLoss, SFTLoss, response_logprobs
 from rose.models import lora_parameters
 
@@ -53,7 +53,7 @@ def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
     examples = _examples(tokenizer)
     assert len({len(e) for e in examples}) >= 3  # mixed lengths -> padding inside the batch
     exact = _float64_copy(model)
-    expected = torch.stack(list(reference.sft_grads(exact, list(lora_parameters(exact).values()), examples, tokenizer.pad_token_id)))
+    expected = torch.stack(list(oracle.sft_grads(exact, list(lora_parameters(exact).values()), examples, tokenizer.pad_token_id)))
     got = torch.zeros_like(expected)
     batches = 0
     for idx, parts in engine.per_example_grads(model, list(params), examples, SFTLoss(), 10_000, torch.device("cpu")):
@@ -73,7 +73,7 @@ def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
         ref, _ = engine.sequence_logprobs(model, [s for p in pairs for s in p], 10_000, torch.device("cpu"))
     ref = ref.view(-1, 2)
     exact = _float64_copy(model)
-    expected = torch.stack(list(reference.dpo_grads(exact, list(lora_parameters(exact).values()), pairs, ref, 0.1,
+    expected = torch.stack(list(oracle.dpo_grads(exact, list(lora_parameters(exact).values()), pairs, ref, 0.1,
                                                     tokenizer.pad_token_id)))
     got = torch.zeros_like(expected)
     for idx, parts in engine.per_example_grads(model, list(params), pairs, DPOLoss(ref, 0.1), 10_000, torch.device("cpu")):
@@ -132,13 +132,13 @@ def test_compiled_lora_free_blocks_leave_per_example_grads_unchanged():
     visible to the engine's hooks: the same per-example gradients, on a small random Llama."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rose.config import LoraSettings
+    from rose.config import LoraConfig
     from rose.models import add_lora, compile_lora_free_blocks
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, max_position_embeddings=256)
-    model = add_lora(LlamaForCausalLM(config), LoraSettings(r=4, alpha=16, dropout=0.0)).eval()
+    model = add_lora(LlamaForCausalLM(config), LoraConfig(r=4, alpha=16, dropout=0.0)).eval()
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
@@ -166,7 +166,7 @@ def _tiny_lora_llama(registration: list[str] | None = None, share_attention: boo
     `share_attention` makes both layers use layer 0's attention block (weight sharing)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rose.config import LoraSettings
+    from rose.config import LoraConfig
     from rose.models import add_lora
 
     torch.manual_seed(0)
@@ -178,7 +178,7 @@ def _tiny_lora_llama(registration: list[str] | None = None, share_attention: boo
             layer.self_attn._modules = {name: layer.self_attn._modules[name] for name in registration}
         if share_attention:
             layer.self_attn = base.model.layers[0].self_attn
-    model = add_lora(base, LoraSettings(r=4, alpha=16, dropout=0.0, target_modules=ATTENTION)).eval()
+    model = add_lora(base, LoraConfig(r=4, alpha=16, dropout=0.0, target_modules=ATTENTION)).eval()
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
@@ -212,7 +212,7 @@ def test_per_example_grads_are_keyed_by_parameter_name_not_call_order():
     examples = _random_examples()
     calls = _call_order(model, names, examples[0])
     assert sorted(calls) == sorted(names) and calls != names  # the premise: call order is not parameter order
-    expected = torch.stack(list(reference.sft_grads(model, list(params.values()), examples, 0)))
+    expected = torch.stack(list(oracle.sft_grads(model, list(params.values()), examples, 0)))
     got = torch.zeros_like(expected)
     for idx, parts in engine.per_example_grads(model, names, examples, SFTLoss(), 1000, torch.device("cpu")):
         assert len(idx) == len(examples)  # one pack: every example's gradient from one pass

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from rose.config import LoraSettings
+from rose.config import LoraConfig
 from rose.encoding import Encoded, collate, pack
 from rose.errors import ConfigError
 from rose.grads import engine
@@ -62,7 +62,7 @@ def tiny_model(config_class: str, settings: dict, seed: int = 0):
     config = getattr(transformers, config_class)(**{**TINY, **settings})
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     model.requires_grad_(False)
-    model = add_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0))
+    model = add_lora(model, LoraConfig(r=2, alpha=4, dropout=0.0))
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.2)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import lora_model
 
-from rose.config import JudgeSettings
+from rose.config import JudgeConfig
 from rose.errors import ConfigError
 from rose.judge import generate_answers, judge_pair, make_client, question_text, win_rate
 
@@ -80,7 +80,7 @@ def judge(server, monkeypatch):
 
 @pytest.fixture
 def client(judge):
-    return make_client(JudgeSettings(base_url=judge.url, api_key_env=KEY_ENV))
+    return make_client(JudgeConfig(base_url=judge.url, api_key_env=KEY_ENV))
 
 
 GOOD, BAD, BOTH = "The correct answer is 4.", "It is 5, I think.", "A correct answer, also correct."
@@ -131,22 +131,22 @@ def test_replies_are_parsed_leniently_but_garbage_is_an_error(judge, client):
 def test_missing_api_key_is_a_config_error_naming_the_variable(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(ConfigError, match=KEY_ENV):
-        make_client(JudgeSettings(api_key_env=KEY_ENV))
+        make_client(JudgeConfig(api_key_env=KEY_ENV))
     monkeypatch.setenv(KEY_ENV, "")
     with pytest.raises(ConfigError, match=KEY_ENV):
-        make_client(JudgeSettings(api_key_env=KEY_ENV))
+        make_client(JudgeConfig(api_key_env=KEY_ENV))
 
 
 def test_missing_openai_package_is_a_config_error(monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-test")
     monkeypatch.setitem(sys.modules, "openai", None)  # makes `import openai` fail
     with pytest.raises(ConfigError, match="pip install openai"):
-        make_client(JudgeSettings(api_key_env=KEY_ENV))
+        make_client(JudgeConfig(api_key_env=KEY_ENV))
 
 
 def test_endpoint_falls_back_to_the_environment(judge, monkeypatch):
     monkeypatch.setenv("ROSE_JUDGE_BASE_URL", judge.url)
-    client = make_client(JudgeSettings(api_key_env=KEY_ENV))
+    client = make_client(JudgeConfig(api_key_env=KEY_ENV))
     assert judge_pair(client, "m", "q", BAD, GOOD) == "B" and len(judge.requests) == 1
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from rose.config import LoraSettings, ModelConfig
+from rose.config import LoraConfig, ModelConfig
 from rose.errors import ConfigError, InputError
 from rose.models import (
     _builtin_gguf,
@@ -151,10 +151,10 @@ def test_named_lora_targets_are_kept_and_lora_free_blocks_found_by_what_they_are
     """Users may still name modules; compile_lora_free_blocks leaves every attention block eager
     whatever its name (GPT-NeoX calls it `attention`) and finds the final norm by its class."""
     model = load_model(ModelConfig(name=_tiny_folder(tmp_path), device="cpu"))
-    named = add_lora(model, LoraSettings(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    named = add_lora(model, LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
     assert {n.split(".")[-4] for n, p in named.named_parameters() if p.requires_grad} == {"q_proj", "v_proj"}
     config = transformers.GPTNeoXConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
-    neox = add_lora(transformers.AutoModelForCausalLM.from_config(config), LoraSettings(r=2, alpha=4, target_modules=["dense_h_to_4h"]))
+    neox = add_lora(transformers.AutoModelForCausalLM.from_config(config), LoraConfig(r=2, alpha=4, target_modules=["dense_h_to_4h"]))
     assert compile_lora_free_blocks(neox) == 2 * 4 + 1  # per layer: 2 norms, 2 dropouts (not attention, not the LoRA MLP); final_layer_norm
     decoder = neox.get_base_model().get_decoder()
     compiled = {n for n, m in decoder.named_modules() if getattr(m, "_compiled_call_impl", None) is not None}

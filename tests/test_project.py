@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from rose.grads.adam import AdamMoments, adam_direction
 from rose.grads.project import DenseProjector, SparseProjector, rademacher_signs
-from rose.grads.transform import ExactCosines, ProjectedFeatures
+from rose.grads.sinks import ExactCosines, ProjectedFeatures
 
 SEGMENTS = [1000, 64, 1500, 436]  # uneven, some smaller than the projected dimension
 

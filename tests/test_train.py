@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_llama
 from peft import get_peft_model_state_dict
 
-from rose.config import LoraSettings, TrainSettings
+from rose.config import LoraConfig, TrainConfig
 from rose.distributed import Dist
 from rose.encoding import encode_example
 from rose.formats import read_pool
@@ -20,12 +20,12 @@ from rose.models import add_lora, lora_parameters
 from rose.store import load_tensors
 from rose.train import Checkpoint, lr_at, train_lora
 
-SETTINGS = TrainSettings(epochs=2, lr=1e-3, batch_size=2, micro_batch_tokens=64, warmup_ratio=0.25)
+SETTINGS = TrainConfig(epochs=2, lr=1e-3, batch_size=2, micro_batch_tokens=64, warmup_ratio=0.25)
 
 
 def _lora_llama(tokenizer, dtype=torch.float32, dropout=0.0):
     """A fresh tiny Llama with rank-2 adapters; the same weights every call."""
-    return add_lora(tiny_llama(len(tokenizer), dtype), LoraSettings(r=2, alpha=8, dropout=dropout))
+    return add_lora(tiny_llama(len(tokenizer), dtype), LoraConfig(r=2, alpha=8, dropout=dropout))
 
 
 def _train(tokenizer, examples, out, seed=0):
@@ -85,7 +85,7 @@ def test_resume_after_a_lost_epoch_gives_the_same_adapter(tokenizer, examples, t
 def test_run_stopped_mid_epoch_resumes_to_the_same_weights(tokenizer, examples, tmp_path, monkeypatch):
     """With dropout on, a run killed after 4 of its 6 steps restarts from its last resume point
     (step 3, inside epoch 2) and ends with the adapter and moments of an uninterrupted run."""
-    settings = TrainSettings(epochs=2, lr=1e-3, batch_size=2, micro_batch_tokens=64, warmup_ratio=0.25, resume_every=1)
+    settings = TrainConfig(epochs=2, lr=1e-3, batch_size=2, micro_batch_tokens=64, warmup_ratio=0.25, resume_every=1)
 
     messages = []
 
@@ -126,7 +126,7 @@ def test_linear_schedule():
 def test_bf16_base_trains_float32_adapters_in_mixed_precision(tokenizer, examples, tmp_path):
     """Under a bf16 base model the forward runs in bf16, while the LoRA weights, their gradients
     and AdamW's moments stay float32, and the loss falls as it does in float32 training."""
-    settings = TrainSettings(epochs=6, lr=5e-2, batch_size=5, micro_batch_tokens=128)  # one step per epoch
+    settings = TrainConfig(epochs=6, lr=5e-2, batch_size=5, micro_batch_tokens=128)  # one step per epoch
 
     def losses(model, out) -> list[float]:
         """The loss before each step (the first of each epoch)."""

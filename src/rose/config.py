@@ -178,7 +178,7 @@ class ModelConfig(Section):
 
 
 @dataclass
-class LoraSettings(Section):
+class LoraConfig(Section):
     r: int = _f(128, "LoRA rank (paper: 128).", check=POSITIVE)
     alpha: float = _f(512, "LoRA alpha (paper: 512).", check=number(0, low_open=True))
     dropout: float = _f(0.1, "LoRA dropout during training (gradients are taken without dropout).", check=number(0, 1, high_open=True))
@@ -230,7 +230,7 @@ class DataConfig(Section):
 
 
 @dataclass
-class TrainSettings(Section):
+class TrainConfig(Section):
     epochs: int = _f(4, "Passes over the training data.", check=POSITIVE)
     lr: float = _f(2e-5, "Peak learning rate (linear warm-up, then linear decay).", check=number(0, low_open=True))
     batch_size: int = _f(16, "Examples per optimizer step (across all processes).", check=POSITIVE)
@@ -246,7 +246,7 @@ class TrainSettings(Section):
 
 
 @dataclass
-class WarmupConfig(TrainSettings):
+class WarmupConfig(TrainConfig):
     fraction: float = _f(0.05, "Share of the pool (random, seeded) used for warm-up training.", check=FRACTION)
 
 
@@ -262,7 +262,7 @@ class GradientConfig(Section):
                            check=POSITIVE)
     shard_size: int = _f(1024, "Examples per gradient shard file (the unit of resume).", check=POSITIVE)
     compile_blocks: bool = _f(True, "On a GPU, torch.compile the decoder's norms and MLPs for the gradient passes "
-                                    "(+18% on an 8B model; a one-off compile of tens of seconds). Set false if "
+                                    "(faster; a one-off compile of tens of seconds). Set false if "
                                     "compilation fails for your model or platform; results are the same either way.")
     dpo_beta: float = _f(0.1, "DPO beta for the validation gradient.", check=number(0, low_open=True))
 
@@ -285,7 +285,7 @@ class SelectConfig(Section):
 
 
 @dataclass
-class JudgeSettings(Section):
+class JudgeConfig(Section):
     enabled: bool = _f(False, "Also measure an LLM-judge win rate against the golden answers (needs an endpoint).")
     base_url: str | None = _f(None, "OpenAI-compatible endpoint; default: $ROSE_JUDGE_BASE_URL, else the OpenAI API.", check=optional(nonempty_text))
     model: str = _f("gpt-4o", "Judge model name at the endpoint.", check=nonempty_text)
@@ -297,7 +297,7 @@ class JudgeSettings(Section):
 @dataclass
 class EvalConfig(Section):
     batch_size: int = _f(8, "Sequences per evaluation forward pass.", check=POSITIVE)
-    judge: JudgeSettings = field(default_factory=JudgeSettings, metadata={"help": "Optional LLM-judge win rate."})
+    judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Optional LLM-judge win rate."})
 
 
 @dataclass
@@ -320,12 +320,12 @@ class RunConfig(Section):
     run_dir: str = _f("runs/rose", "Where every stage writes its files.", path=True, check=nonempty_text)
     seed: int = _f(0, "Seed for sampling, training and projection.", check=NON_NEGATIVE)
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
-    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapters (warm-up and fine-tune)."})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA adapters (warm-up and fine-tune)."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Inputs."})
     warmup: WarmupConfig = field(default_factory=WarmupConfig, metadata={"help": "Warm-up training on a random share of the pool."})
     gradients: GradientConfig = field(default_factory=GradientConfig, metadata={"help": "Gradient collection and projection."})
     select: SelectConfig = field(default_factory=SelectConfig, metadata={"help": "Selection."})
-    finetune: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Final LoRA fine-tune on the selection."})
+    finetune: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Final LoRA fine-tune on the selection."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "`rose compare`: baselines and sweeps."})
 

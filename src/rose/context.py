@@ -25,7 +25,7 @@ import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
 
-from .config import LoraSettings, ModelConfig, RunConfig
+from .config import LoraConfig, ModelConfig, RunConfig
 from .distributed import Dist
 from .encoding import encode_example, encode_pair, encode_test
 from .errors import InputError, PromptTooLong, RunDirError
@@ -73,7 +73,7 @@ class ModelHandle:
     """The base model with LoRA adapters, loaded once: stages load adapter weights into it, start
     fresh adapters for training, or switch adapters off for the base model (`model.disable_adapter()`)."""
 
-    def __init__(self, model_config: ModelConfig, lora: LoraSettings, seed: int, device: torch.device) -> None:
+    def __init__(self, model_config: ModelConfig, lora: LoraConfig, seed: int, device: torch.device) -> None:
         self.config, self.lora, self.seed, self.device = model_config, lora, seed, device
 
     @cached_property

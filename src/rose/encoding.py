@@ -169,8 +169,7 @@ def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     The examples are sorted by length and the sorted list is cut where the padded tokens plus a
     fixed cost per batch (`max_tokens // 8`, standing for the per-pass overhead) are least, by
     dynamic programming: a long-tailed length distribution no longer puts a 2048-token example
-    and a 700-token one in the same padded batch (20% of a pool shard's tokens were padding with
-    greedy filling), nor is it cut into many small passes. An example longer than the budget gets
+    and a 700-token one in the same padded batch, as greedy filling did, nor is it cut into many small passes. An example longer than the budget gets
     a batch of its own. Batches are returned longest first, so the largest memory use shows up at once.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))

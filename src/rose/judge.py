@@ -16,7 +16,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .config import JudgeSettings
+from .config import JudgeConfig
 from .encoding import render
 from .errors import ConfigError
 from .formats import Message
@@ -62,7 +62,7 @@ def generate_answers(
     return answers
 
 
-def make_client(settings: JudgeSettings):
+def make_client(settings: JudgeConfig):
     """An `openai.OpenAI` client for the judge endpoint; the API key must be set in the environment."""
     key = os.environ.get(settings.api_key_env)
     if not key:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, TrainSettings, expand_globs
+from .config import RunConfig, TrainConfig, expand_globs
 from .selectors import get_selector
 from .sources import source_digest
 
@@ -46,7 +46,7 @@ def input_digests(config: RunConfig) -> InputDigests:
     return InputDigests(of(data.pool), of(data.validation.paths), of(data.heldout.paths + data.test + data.heldout_exclude))
 
 
-def training(section: TrainSettings) -> dict:
+def training(section: TrainConfig) -> dict:
     """A training section as it enters keys: how often resume points are saved does not change the
     weights, so it does not make a finished stage stale."""
     return {k: v for k, v in asdict(section).items() if k != "resume_every"}
@@ -71,7 +71,7 @@ class KeyParts:
     def stage(self, name: str) -> str:
         return self._upstream[name]
 
-    def training(self, section: TrainSettings) -> dict:
+    def training(self, section: TrainConfig) -> dict:
         return training(section)
 
     def projection(self, map_version: int) -> dict:

@@ -26,10 +26,11 @@ import huggingface_hub
 import huggingface_hub.constants
 import huggingface_hub.errors
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .config import LoraSettings, ModelConfig
+from .config import LoraConfig, ModelConfig
 from .errors import ConfigError, InputError
 from .sources import source_digest
 from .store import atomic_path, folder_lock, load_tensors
@@ -256,10 +257,10 @@ def attention_projections(model: PreTrainedModel) -> list[str]:
     return names
 
 
-def add_lora(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
+def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
     """Wrap the base model with fresh LoRA adapters (the only trainable weights)."""
     targets = attention_projections(model) if cfg.target_modules == "auto" else cfg.target_modules
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
+    lora = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
@@ -296,8 +297,8 @@ def compile_lora_free_blocks(model: PeftModel) -> int:
     many were compiled by this call (none when they already are).
 
     Eager, their element-wise work (float32 RMSNorm, SiLU gate, residual casts) is a string of
-    memory-bound kernels; compiled, each block's is one or two, which made the 8B gradient
-    benchmark 18% faster. LoRA layers stay eager: the gradient engine's hooks watch them, and
+    memory-bound kernels; compiled, each block's is one or two (docs/benchmarks.md measures the
+    gain). LoRA layers stay eager: the gradient engine's hooks watch them, and
     compiled code would hide the tensors it needs. Attention stays eager for its packed kernel.
     Shapes are dynamic (packs differ in length), so one compilation serves every pack.
     """

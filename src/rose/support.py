@@ -113,7 +113,7 @@ def check_model_support(model: PeftModel, name: str, max_length: int) -> None:
 @contextlib.contextmanager
 def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
     """The check's passes are a few dozen tokens: on a CPU, threads only add hand-offs, and on busy
-    cores those cost 10x the arithmetic (SmolLM2: 3 s on one thread, 35 s on two, under load)."""
+    cores they cost far more than the arithmetic."""
     if device.type != "cpu":
         yield
         return

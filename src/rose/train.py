@@ -23,7 +23,7 @@ from peft import PeftModel
 from peft.helpers import disable_input_dtype_casting
 from tqdm.auto import tqdm
 
-from .config import TrainSettings
+from .config import TrainConfig
 from .distributed import Dist
 from .encoding import Encoded, collate, token_batches
 from .grads.adam import AdamMoments
@@ -73,7 +73,7 @@ def lr_at(step: int, total: int, peak: float, warmup_ratio: float) -> float:
 def train_lora(
     model: PeftModel,
     examples: Sequence[Encoded],
-    cfg: TrainSettings,
+    cfg: TrainConfig,
     out_dir: Path,
     pad_id: int,
     seed: int,
@@ -185,7 +185,7 @@ def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encod
     return total
 
 
-def _save(model: PeftModel, optimizer: torch.optim.Optimizer, params: dict, ckpt: Checkpoint, cfg: TrainSettings,
+def _save(model: PeftModel, optimizer: torch.optim.Optimizer, params: dict, ckpt: Checkpoint, cfg: TrainConfig,
           epoch: int, step: int, lrs: list[float], losses: list[float]) -> None:
     with atomic_path(ckpt.path) as tmp:
         model.save_pretrained(tmp / "adapter")

@@ -1,8 +1,7 @@
 """Causal attention over packed rows: many sequences in one row, each attending only to itself.
 
 The gradient engine packs its batches (`encoding.pack`) because padding was the largest waste
-left in it: 39% of an 8B engine batch's tokens, and padded tokens cost full forward and backward
-passes. Packing needs attention that stops at sequence boundaries. On a CUDA device in half
+left in it: padded tokens cost full forward and backward passes (docs/benchmarks.md). Packing needs attention that stops at sequence boundaries. On a CUDA device in half
 precision the row goes to FlashAttention's variable-length kernel (`torch.nn.attention.varlen`,
 torch >= 2.10), which does no work outside each sequence's causal triangle; elsewhere, and where
 that kernel cannot express the layer's attention, each sequence goes through SDPA (or explicit

@@ -85,7 +85,7 @@ def per_sequence_products(dy: torch.Tensor, x: torch.Tensor, ends: torch.Tensor)
     dy [T, out] and x [T, in] hold the sequences one after another, sequence b ending at ends[b]
     (int32). One grouped GEMM (`F.grouped_mm`: a CUTLASS kernel on H100-class cards in bf16, a
     loop of matmuls elsewhere) costs the real tokens only; laying the pack out as [B, longest, ...]
-    for a batched matmul cost ~10x that in copies and padded products on the pool's length mix.
+    for a batched matmul pays copies and padded products for every shorter sequence.
     Its layout rules (bf16/fp32, rows a multiple of 16 bytes) fail only on toy shapes or float64;
     those loop over the sequences here.
     """

@@ -5,8 +5,8 @@ owns a block of buckets of one example, walks the segment's chunks in order, and
 the chunk's coordinates for its buckets, turns them into the Adam direction in registers and
 adds them with their signs. Every gradient value is read once, in its own dtype, and nothing
 of gradient size is written. Torch ops (or `torch.compile`, which materialised the gathered
-values) read the per-example gradients about a dozen times; in the 8B benchmark that pass was a
-fifth of the engine's GPU time. A chunk spans d coordinates, so one program's reads stay inside
+values) read the per-example gradients about a dozen times (docs/benchmarks.md has the
+measurements). A chunk spans d coordinates, so one program's reads stay inside
 a d-wide window of the row that the L2 cache holds.
 """
 

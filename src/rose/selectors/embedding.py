@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..score import aggregate
+from ..influence import aggregate
 from . import Scores, Selector, register_selector
 
 if TYPE_CHECKING:

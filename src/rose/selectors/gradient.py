@@ -20,7 +20,7 @@ def influence_scores(run: Run) -> Scores:
     """Scores from the stored train and validation gradients, weighted by each checkpoint's mean lr."""
     import numpy as np
 
-    from ..score import checkpoint_weights, influence
+    from ..influence import checkpoint_weights, influence
     from ..store import open_shards
 
     train_sd, val_sd = run.require("train-grads"), run.require("val-grads")

@@ -23,7 +23,7 @@ def train_grads(run: Run, sd: StageDir) -> dict:
 
     from ..grads import engine
     from ..grads.losses import SFTLoss
-    from ..grads.transform import ExactCosines, ProjectedFeatures, RawGradients
+    from ..grads.sinks import ExactCosines, ProjectedFeatures, RawGradients
     from ..store import save_array, shard_name, shard_ranges
 
     cfg, model = run.config.gradients, run.model

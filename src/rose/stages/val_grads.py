@@ -48,7 +48,7 @@ def validation_grads(run: Run, sink) -> torch.Tensor:
 def val_grads(run: Run, sd: StageDir) -> dict:
     from tqdm.auto import tqdm
 
-    from ..grads.transform import ProjectedFeatures
+    from ..grads.sinks import ProjectedFeatures
     from ..store import save_array
 
     ckpts, pairs = run.checkpoints(), run.validation.records

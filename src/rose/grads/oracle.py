@@ -1,7 +1,7 @@
-"""Per-example gradients the plain way: one example (or pair) per backward pass, as LESS does.
+"""Per-example gradients the plain way: one example (or pair) per backward pass.
 
-Slow but obviously right; the batched engine is tested against it, and the throughput benchmark
-uses it as the LESS-style baseline.
+Slow but obviously right: the oracle the batched engine (`engine.py`) is tested against, built
+only from the model's own forward pass and autograd.
 """
 
 from __future__ import annotations

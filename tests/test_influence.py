@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rose.score import checkpoint_weights, influence
+from rose.influence import checkpoint_weights, influence
 
 
 def _unit(rng, n, d):
