@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .selectors import SELECTORS
+
 
 def table(rows: list[tuple[str, str]]) -> str:
     """A two-column text table for the terminal."""
@@ -77,8 +79,15 @@ def _mean_by(results: dict[str, dict], group: str, key: str, field: str = "heldo
     return {m: {k: sum(v) / len(v) for k, v in sorted(d.items(), key=lambda kv: float(kv[0]))} for m, d in acc.items()}
 
 
-# one colour per method in every plot, whatever order the results came in
-METHOD_COLORS = {"rose": "C0", "less": "C1", "random": "C2", "bm25": "C3", "embedding": "C4", "full": "C7"}
+def method_color(method: str) -> str | None:
+    """One colour per method in every plot, whatever order the results came in: its place in the registry."""
+    names = list(SELECTORS)
+    return f"C{names.index(method) % 10}" if method in names else None
+
+
+def _baseline(summary: dict, flag: str) -> str | None:
+    """The first method of the comparison whose selector has `flag` set (e.g. selects_all: the full pool)."""
+    return next((m for m in summary if m in SELECTORS and getattr(SELECTORS[m], flag)), None)
 
 
 def compare_plots(results: dict[str, dict], out_dir: Path, budget_methods: list[str], shot_methods: list[str]) -> list[str]:
@@ -104,16 +113,16 @@ def compare_plots(results: dict[str, dict], out_dir: Path, budget_methods: list[
         files.append("accuracy.png")
     sweeps = [
         ("budget.png", {m: v for m, v in _mean_by(results, "budget", "fraction").items() if m in budget_methods},
-         lambda k: 100 * float(k), "selected share of the pool (%)", "full", "full pool", True),
+         lambda k: 100 * float(k), "selected share of the pool (%)", _baseline(summary, "selects_all"), "full pool", True),
         ("shots.png", {m: v for m, v in _mean_by(results, "shots", "shots").items() if m in shot_methods},
-         int, "validation shots per subtask", "random", "random", False),
+         int, "validation shots per subtask", _baseline(summary, "seeded"), "random", False),
     ]
     for name, sweep, x_of, xlabel, ref_method, ref_label, log_x in sweeps:
         if not any(len(v) > 1 for v in sweep.values()):
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for m, points in sweep.items():
-            ax.plot([x_of(k) for k in points], list(points.values()), marker="o", label=m, color=METHOD_COLORS.get(m))
+            ax.plot([x_of(k) for k in points], list(points.values()), marker="o", label=m, color=method_color(m))
         if ref_method in summary:
             ax.axhline(summary[ref_method]["heldout_pref_acc"], color="grey", ls="--", lw=1, label=ref_label)
         if log_x:  # budgets span 1% to 20%: log scale, ticks labelled with the budgets themselves
@@ -134,7 +143,7 @@ def compare_plots(results: dict[str, dict], out_dir: Path, budget_methods: list[
         for method in dict.fromkeys(r["method"] for r in points):
             rows = [r for r in points if r["method"] == method]
             ax.scatter([r["val_dpo_loss"] for r in rows], [r["heldout_pref_acc"] for r in rows], label=method,
-                       color=METHOD_COLORS.get(method))
+                       color=method_color(method))
         ax.set_xlabel("validation DPO loss of the fine-tuned model")
         ax.set_ylabel("held-out preference accuracy")
         ax.legend(fontsize=8)
