@@ -1,0 +1,184 @@
+"""Every stage of `rose run` on an 8B model: throughput and share of the FLOP floor, stage by stage.
+
+A Llama-3.1-8B-architecture model with random bf16 weights is built on the GPU and saved as a
+local model folder (throughput does not depend on the weights' values), with the SmolLM2
+tokenizer and the vocabulary set to match it. The pool is a seeded sample of real examples from
+the data bundle, the target the SHP 5-shot preference set; held-out pairs and test answers come
+from the same bundle.
+
+    python benchmarks/pipeline_8b.py --data ../shared/data --tokenizer TOKENIZER_DIR --work /tmp/p8b \\
+        --stages warmup base-logprobs val-grads train-grads        # (one call of the GPU machine)
+    python benchmarks/pipeline_8b.py --data ../shared/data --tokenizer TOKENIZER_DIR --work /tmp/p8b \\
+        --out docs/benchmarks/pipeline_8b.json                     # the rest, then the table
+
+A stage that is already complete in `--work` is skipped, so the run can be split over calls.
+Per stage it reports examples/s, tokens/s, peak GPU memory, wall time and the share of the FLOP
+floor, from what the stage's manifest says it processed (`work`): training and gradient stages
+count a forward and a backward to the inputs, 4 x B x tokens + 4 x H x logit positions; forward
+passes 2 x B x tokens + 2 x H x logit positions (B: decoder parameters including LoRA, without
+the embedding and LM head; H: the LM head's vocab x hidden; logits are formed at response tokens
+only). The card's bf16 matmul rate is measured first (8192^3, median of 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                head_dim=128, rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False)
+FORWARD_ONLY = {"base-logprobs", "evaluate"}
+
+
+def matmul_tflops() -> float:
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * 8192**3 / statistics.median(times) / 1e12
+
+
+def build_model(folder: Path, tokenizer_dir: Path, layers: int | None) -> None:
+    """A random-weight Llama-3.1-8B (bf16) with the tokenizer's vocabulary, saved as a model folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (folder / "config.json").is_file():
+        return
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         **{**LLAMA_8B, **({"num_hidden_layers": layers} if layers else {})})
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp, max_shard_size="5GB")
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    del model
+    torch.cuda.empty_cache()
+
+
+def write_config(args, model_dir: Path) -> Path:
+    data = Path(args.data).resolve()
+    shp = data / "validation/shp"
+    config = {
+        "run_dir": str(Path(args.work) / "run"),
+        "seed": 0,
+        "model": {"name": str(model_dir), "dtype": "bfloat16", "device": "cuda", "max_length": 2048, "overlong": "skip"},
+        "lora": {"r": 128, "alpha": 512, "dropout": 0.1},  # the paper's
+        "data": {
+            "pool": [str(p) for p in sorted((data / "train").glob("*/*.jsonl.gz"))],
+            "pool_limit": args.pool,
+            "validation": {"paths": [str(shp / "shp_5_shot/shp_5_shot_preference.json.gz")], "format": "rose", "pairs": "target",
+                           "subtasks": 18},
+            "heldout": {"paths": [str(shp / "shp_30_shot/shp_30_shot_preference.json.gz")], "format": "rose", "pairs": "all",
+                        "subtasks": 18, "limit": args.heldout},
+            "test": [str(p) for p in sorted((data / "test/shp").glob("*.json.gz"))],
+            "test_limit": args.tests,
+        },
+        "warmup": {"fraction": 0.05, "epochs": 4, "lr": 2e-5, "batch_size": 64, "micro_batch_tokens": args.train_tokens},
+        "gradients": {"projection": "sparse", "dim": 32768, "batch_tokens": args.grad_tokens},
+        "select": {"fraction": 0.05},
+        "finetune": {"epochs": 1, "lr": 2e-5, "batch_size": 64, "micro_batch_tokens": args.train_tokens},
+        "eval": {"batch_size": 8},
+    }
+    path = Path(args.work) / "pipeline_8b.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def parameter_counts(model_dir: Path) -> tuple[int, int]:
+    """(B, H): decoder parameters a token passes through (LoRA excluded here, added by the caller),
+    and the LM head's vocab x hidden."""
+    config = json.loads((model_dir / "config.json").read_text())
+    h, f, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    kv = config["num_key_value_heads"] * config["head_dim"]
+    q = config["num_attention_heads"] * config["head_dim"]
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * f + 2 * h
+    return n * per_layer + h, config["vocab_size"] * h
+
+
+def stage_table(run_dir: Path, body: int, head: int, tflops: float) -> dict:
+    from rose.stages import STAGES
+    from rose.store import MANIFEST
+
+    rows = {}
+    for name, stage in STAGES.items():
+        file = run_dir / stage.folder / MANIFEST
+        if not file.is_file():
+            continue
+        manifest = json.loads(file.read_text())
+        work, seconds = manifest.get("work"), manifest["seconds"]
+        row = {"seconds": seconds, "peak_gpu_gb": manifest.get("peak_gpu_gb")}
+        if work:
+            passes = 2 if name in FORWARD_ONLY else 4
+            flops = passes * (body * work["tokens"] + head * work["logit_positions"])
+            row |= {"examples": work["examples"], "tokens": work["tokens"], "logit_positions": work["logit_positions"],
+                    "examples_per_s": work["examples"] / seconds, "tokens_per_s": work["tokens"] / seconds,
+                    "floor_fraction": flops / (tflops * 1e12) / seconds, "floor_kind": "forward" if passes == 2 else "forward+backward"}
+        rows[name] = row
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="The data bundle (train/, validation/, test/).")
+    parser.add_argument("--tokenizer", required=True, help="A tokenizer folder (SmolLM2's).")
+    parser.add_argument("--work", required=True, help="Model folder, config and run directory go here.")
+    parser.add_argument("--stages", nargs="*", help="Run only these stages now (default: every stage).")
+    parser.add_argument("--pool", type=int, default=5000, help="Pool examples (seeded sample of the bundle's pool).")
+    parser.add_argument("--heldout", type=int, default=500, help="Held-out SHP pairs evaluated.")
+    parser.add_argument("--tests", type=int, default=300, help="SHP test prompts evaluated.")
+    parser.add_argument("--train-tokens", type=int, default=16384, help="Tokens per training micro-batch.")
+    parser.add_argument("--grad-tokens", type=int, default=16384, help="Tokens per gradient/evaluation pack.")
+    parser.add_argument("--layers", type=int, help="Fewer decoder layers (a depth-reduced model; default 32).")
+    parser.add_argument("--out", help="Write the table as JSON here.")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = work / "model"
+    started = time.perf_counter()
+    build_model(model_dir, Path(args.tokenizer), args.layers)
+    print(f"model folder ready in {time.perf_counter() - started:.0f} s: {model_dir}", flush=True)
+    config = write_config(args, model_dir)
+    from rose.config import load_config
+    from rose.pipeline import run_stages
+
+    run_stages(load_config(config), args.stages or None)
+    tflops = matmul_tflops()
+    body, head = parameter_counts(model_dir)
+    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    lora = 128 * sum(4096 + out for out in (4096, 1024, 1024, 4096)) * layers  # r x (in + out) on q, k, v, o
+    rows = stage_table(Path(args.work) / "run", body + lora, head, tflops)
+    card = torch.cuda.get_device_name()
+    print(f"\n{card}, bf16 matmul {tflops:.0f} TFLOP/s; B = {(body + lora) / 1e9:.3f} B, H = {head / 1e9:.3f} B")
+    print(f"{'stage':14s} {'examples/s':>11s} {'tokens/s':>10s} {'floor':>7s} {'peak GB':>8s} {'wall s':>8s}")
+    for name, r in rows.items():
+        rate = f"{r['examples_per_s']:11.1f} {r['tokens_per_s']:10.0f} {r['floor_fraction']:7.1%}" if "examples" in r else " " * 30
+        print(f"{name:14s} {rate} {r['peak_gpu_gb'] or float('nan'):8.1f} {r['seconds']:8.1f}")
+    if args.out:
+        report = {"card": card, "torch": torch.__version__, "matmul_tflops_bf16": tflops, "body_params": body + lora, "lm_head_params": head,
+                  "weights": "random (built from the Llama-3.1-8B config with the SmolLM2 tokenizer's vocabulary)",
+                  "settings": {k: v for k, v in vars(args).items() if k not in ("data", "tokenizer", "work", "out")}, "stages": rows}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    if not args.stages and args.out:
+        shutil.rmtree(model_dir, ignore_errors=True)  # 15 GB
+
+
+if __name__ == "__main__":
+    main()
