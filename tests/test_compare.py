@@ -192,7 +192,7 @@ def test_shared_only_adds_the_full_pool_fine_tune_and_nothing_else(compared):
     """With the warm-up and pool gradients already in the cache (from finished_run), `--shared-only`
     computes the full-pool selection and fine-tune, and no other variant, evaluation or result."""
     full = _variant(compared, "full")
-    added = {(full / FOLDERS[stage]).resolve().name for stage in ("score", "select", "finetune")}
+    added = {(full / STAGES[name].folder).resolve().name for name in ("score", "select", "finetune")}
     assert compared.after_shared_only == set(compared.seeded) | added
     assert len(added) == 3 and not added & set(compared.seeded)
     assert not compared.results_after_shared_only
