@@ -66,19 +66,18 @@ def test_evaluate_stage_metrics_are_those_of_plain_forwards(finished_run, base_m
 
     reward = tuned["heldout"] - base["heldout"]
     margin = reward[0::2] - reward[1::2]
-    assert len(margin) == metrics["n_pairs"] == 8 and np.abs(margin).min() > 0.05  # no near ties: accuracy is determined
-    assert metrics["heldout_pref_acc"] == np.mean(margin > 0)
-    assert metrics["per_subtask_acc"] == {"all": np.mean(margin > 0)}
+    assert len(margin) == metrics["n_pairs"] == 8
     assert metrics["reward_margin"] == pytest.approx(margin.mean(), abs=2e-3)
-    per_token = tuned["heldout"] / counts["heldout"]
-    assert np.abs(per_token[0::2] - per_token[1::2]).min() > 1e-3
-    assert metrics["length_norm_pref_acc"] == np.mean(per_token[0::2] > per_token[1::2])
-
     reward = tuned["validation"] - base["validation"]
     val_margin = reward[0::2] - reward[1::2]
     beta = config.gradients.dpo_beta
     assert metrics["val_dpo_loss"] == pytest.approx(np.mean(np.log1p(np.exp(-beta * val_margin))), abs=1e-4)
-
     assert metrics["n_tokens"] == counts["test"].sum()
     assert metrics["golden_nll"] == pytest.approx(-tuned["test"].sum() / counts["test"].sum(), abs=5e-4)
     assert metrics["base_golden_nll"] == pytest.approx(-base["test"].sum() / counts["test"].sum(), abs=5e-4)
+
+    per_token = tuned["heldout"] / counts["heldout"]
+    assert np.abs(margin).min() > 1e-2 and np.abs(per_token[0::2] - per_token[1::2]).min() > 1e-3  # no near ties
+    assert metrics["heldout_pref_acc"] == np.mean(margin > 0)
+    assert metrics["per_subtask_acc"] == {"all": np.mean(margin > 0)}
+    assert metrics["length_norm_pref_acc"] == np.mean(per_token[0::2] > per_token[1::2])
