@@ -281,7 +281,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
     compiled = [("packed_fwd_bwd_compiled", packed_fwd_bwd), *[(k, (lambda s=s: engine_pass(s))) for k, s in sinks.items()]]
     rose_logits = sum(response_positions(e) for e in examples)
     for name, fn in eager + (compiled if device.type == "cuda" else []):
-        if name == compiled[0][0]:  # as the gradient stages run on a GPU (gradients.compile_blocks)
+        if name == compiled[0][0]:  # as every pass runs on a GPU (model.compile_blocks)
             print(f"  {arch:14s} compiled {compile_lora_free_blocks(model)} LoRA-free blocks", flush=True)
             check_engine("")
             fn()  # a second warm-up: dynamic-shape recompiles

@@ -173,6 +173,9 @@ class ModelConfig(Section):
                        check=one_of("error", "skip"))
     trust_remote_code: bool = _f(False, "Allow model repositories to run their own code (off unless you trust them).")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) for hub ids.", check=optional(nonempty_text))
+    compile_blocks: bool = _f(True, "On a GPU, torch.compile the decoder's norms and MLPs once the model is loaded, for every "
+                                    "training, gradient and evaluation pass (faster; a one-off compile of tens of seconds; "
+                                    "docs/benchmarks.md). Set false if compilation fails for your model or platform.")
     kwargs: dict[str, Any] = _f({}, "Extra keyword arguments for the model's from_pretrained, e.g. "
                                     "{attn_implementation: sdpa} or a quantization_config mapping.")
 
@@ -261,9 +264,6 @@ class GradientConfig(Section):
     batch_tokens: int = _f(4096, "Tokens in one gradient or evaluation pass (examples are packed into rows with no padding).",
                            check=POSITIVE)
     shard_size: int = _f(1024, "Examples per gradient shard file (the unit of resume).", check=POSITIVE)
-    compile_blocks: bool = _f(True, "On a GPU, torch.compile the decoder's norms and MLPs for the gradient passes "
-                                    "(faster; a one-off compile of tens of seconds). Set false if "
-                                    "compilation fails for your model or platform; results are the same either way.")
     dpo_beta: float = _f(0.1, "DPO beta for the validation gradient.", check=number(0, low_open=True))
 
 

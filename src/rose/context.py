@@ -86,9 +86,14 @@ class ModelHandle:
 
     @cached_property
     def model(self) -> PeftModel:
-        """The base model with (freshly initialised, seeded) LoRA adapters."""
+        """The base model with (freshly initialised, seeded) LoRA adapters; on a GPU with
+        model.compile_blocks, its LoRA-free blocks compiled for every pass that follows."""
         torch.manual_seed(self.seed)
-        return add_lora(load_model(self.config, self.device), self.lora)
+        model = add_lora(load_model(self.config, self.device), self.lora)
+        quantized = getattr(model.get_base_model(), "hf_quantizer", None) is not None  # its kernels are not traced
+        if self.config.compile_blocks and self.device.type == "cuda" and not quantized and (n := compile_lora_free_blocks(model)):
+            log.info("compiled %d LoRA-free decoder blocks", n)
+        return model
 
     @cached_property
     def param_names(self) -> list[str]:
@@ -115,10 +120,6 @@ class ModelHandle:
         set_adapter_dtype(self.model, self.model.get_base_model().dtype)
         self.model.eval()
 
-    def compile_for_gradients(self, enabled: bool) -> None:
-        """On a GPU, when enabled (gradients.compile_blocks), compile the LoRA-free blocks (once)."""
-        if enabled and self.device.type == "cuda" and (n := compile_lora_free_blocks(self.model)):
-            log.info("compiling %d LoRA-free decoder blocks for the gradient passes", n)
 
 
 class Run:

@@ -58,7 +58,8 @@ class KeyParts:
     def __init__(self, config: RunConfig, digests: InputDigests, upstream: Mapping[str, str]) -> None:
         self.config, self._upstream = config, upstream
         c = config
-        self.model = {k: v for k, v in asdict(c.model).items() if k != "device"}  # a run may move between devices
+        # a run may move between devices; compiling blocks changes speed, not results
+        self.model = {k: v for k, v in asdict(c.model).items() if k not in ("device", "compile_blocks")}
         self.pool = fingerprint([digests.pool, c.data.pool_limit, c.data.columns, c.data.response_template, c.seed, self.model])
         self.validation = fingerprint([self.model, c.seed, asdict(c.data.validation), digests.validation, c.data.empty_responses])
         # the held-out set depends on the validation prompts only when those are excluded from it
@@ -76,7 +77,7 @@ class KeyParts:
 
     def projection(self, map_version: int) -> dict:
         """The projection as it shapes stored features (not how fast they are computed)."""
-        skip = ("batch_tokens", "compile_blocks", "dpo_beta")
+        skip = ("batch_tokens", "dpo_beta")
         return {k: v for k, v in asdict(self.config.gradients).items() if k not in skip} | {"map": map_version}
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .distributed import Dist
-from .encoding import Encoded, collate, token_batches
+from .encoding import Encoded, collate, pack, token_batches, token_packs
 from .grads.adam import AdamMoments
 from .grads.losses import ResponseLogprobs, sft_losses
 from .models import lora_parameters
@@ -132,7 +132,7 @@ def train_lora(
                 batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 mine = batch[dist_ctx.rank :: dist_ctx.world]
                 loss_sum = _accumulate(trainer, [examples[i] for i in mine], examples[batch[0]], cfg.micro_batch_tokens,
-                                       len(batch) / dist_ctx.world, pad_id, device, autocast_dtype)
+                                       len(batch) / dist_ctx.world, pad_id, device, autocast_dtype, packed=device.type == "cuda")
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
                 optimizer.step()
@@ -164,7 +164,7 @@ def _step_seed(seed: int, global_step: int, rank: int) -> int:
 
 
 def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encoded, micro_tokens: int, scale: float,
-                pad_id: int, device: torch.device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+                pad_id: int, device: torch.device, autocast_dtype: torch.dtype | None, packed: bool) -> torch.Tensor:
     """Backward over micro-batches; returns this process's summed loss (for logging; a device tensor,
     so that no step waits for the GPU).
 
@@ -173,16 +173,27 @@ def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encod
     still joins the all-reduce, through `filler` with its loss multiplied by zero.
     """
     total = torch.zeros((), device=device)
-    chunks = [[rows[i] for i in idx] for idx in token_batches([len(r) for r in rows], micro_tokens)] or [[]]
+    chunks = micro_batches(rows, micro_tokens, packed) or [[]]
     for k, chunk in enumerate(chunks):
         sync = k == len(chunks) - 1
         with (trainer.no_sync() if hasattr(trainer, "no_sync") and not sync else nullcontext()):
-            batch = {key: v.to(device, non_blocking=True) for key, v in collate(chunk or [filler], pad_id).items()}
+            layout = pack(chunk or [filler]) if packed else collate(chunk or [filler], pad_id)
+            batch = {key: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for key, v in layout.items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 losses = sft_losses(*trainer(batch)) * (1.0 if chunk else 0.0)
             (losses.sum() / scale).backward()
             total += losses.detach().sum()
     return total
+
+
+def micro_batches(rows: Sequence[Encoded], micro_tokens: int, packed: bool) -> list[list[Encoded]]:
+    """A step's examples in micro-batches of at most `micro_tokens` tokens: packed rows on a GPU,
+    where varlen attention does no work on padding (the engine's layout), padded batches of similar
+    lengths elsewhere, where attending to each packed sequence in turn costs more than the padding.
+    The loss is the same either way (`tests/test_train.py`)."""
+    lengths = [len(r) for r in rows]
+    groups = token_packs(lengths, micro_tokens) if packed else token_batches(lengths, micro_tokens)
+    return [[rows[i] for i in idx] for idx in groups]
 
 
 def _save(model: PeftModel, optimizer: torch.optim.Optimizer, params: dict, ckpt: Checkpoint, cfg: TrainConfig,

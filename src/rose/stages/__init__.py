@@ -13,12 +13,13 @@ package to list the stages and check a run's inputs before any of that loads.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..context import Run
+    from ..encoding import Encoded
     from ..keys import KeyParts
     from ..selectors import Selector
     from ..store import StageDir
@@ -73,6 +74,14 @@ def inputs_read_by(names: list[str], selector: Selector) -> list[str]:
     return [name for name in INPUTS if name in reads]
 
 
+def work(examples: int, sequences: Iterable[Encoded], times: int = 1) -> dict:
+    """What a stage processed, for its manifest's throughput figures: examples, tokens, and the
+    positions where logits are formed (response tokens), `times` over (epochs, checkpoints)."""
+    seqs = list(sequences)
+    return {"work": {"examples": examples * times, "tokens": times * sum(len(s) for s in seqs),
+                     "logit_positions": times * sum(len(s) - s.n_prompt for s in seqs)}}
+
+
 def execute(stage: Stage, run: Run) -> None:
     """Run one stage unless it is done: upstream checks, the folder claimed, the body on the main
     process (or on every process), the manifest written last with wall time and peak GPU memory."""
@@ -116,4 +125,4 @@ class _Meter:
 # the built-in stages, in pipeline order
 from . import warmup, base_logprobs, val_grads, train_grads, score, select, finetune, evaluate  # noqa: E402, F401, I001
 
-__all__ = ["STAGES", "Stage", "execute", "inputs_read_by", "register_stage", "stages_for"]
+__all__ = ["STAGES", "Stage", "execute", "inputs_read_by", "register_stage", "stages_for", "work"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import Stage, register_stage
+from . import Stage, register_stage, work
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +35,11 @@ def response_logprobs_of(run: Run, sets: tuple[str, ...] = SETS) -> dict[str, tu
     return out
 
 
+def sequences_of(run: Run, sets) -> list:
+    """Every sequence of the named sets: both responses of each pair, each test answer."""
+    return [s for name in sets for item in getattr(run, name).encoded for s in (item if name != "tests" else (item,))]
+
+
 def base_logprobs(run: Run, sd: StageDir) -> dict:
     from ..store import save_array
 
@@ -43,7 +48,7 @@ def base_logprobs(run: Run, sd: StageDir) -> dict:
     for name, (logps, counts) in computed.items():
         save_array(sd.path / f"{name}_logps.npy", logps)
         save_array(sd.path / f"{name}_counts.npy", counts)
-    return {"sets": list(computed)}
+    return {"sets": list(computed), **work(sum(len(getattr(run, name).encoded) for name in computed), sequences_of(run, computed))}
 
 
 def read_base_logprobs(run: Run, name: str) -> np.ndarray:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from . import Stage, register_stage
-from .base_logprobs import read_base_logprobs, response_logprobs_of
+from . import Stage, register_stage, work
+from .base_logprobs import read_base_logprobs, response_logprobs_of, sequences_of
 
 if TYPE_CHECKING:
     from ..context import Run
@@ -35,7 +35,9 @@ def evaluate(run: Run, sd: StageDir) -> dict:
     if run.config.eval.judge.enabled:
         metrics.update(_judge(run, sd))
     write_json(sd.path / "metrics.json", metrics)
-    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    sets = [name for name in ("heldout", "validation", "tests") if getattr(run, name).encoded]
+    return {**{k: v for k, v in metrics.items() if not isinstance(v, dict)},
+            **work(sum(len(getattr(run, name).encoded) for name in sets), sequences_of(run, sets))}
 
 
 def _judge(run: Run, sd: StageDir) -> dict:

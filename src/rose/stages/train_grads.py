@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import Stage, register_stage
+from . import Stage, register_stage, work
 from .val_grads import projector, validation_grads
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ def train_grads(run: Run, sd: StageDir) -> dict:
     if exact:
         run.require("val-grads")  # its manifest names the validation pairs the cosines are with
     features = None if exact else projector(run)
-    model.compile_for_gradients(cfg.compile_blocks)
     shards = shard_ranges(len(encoded), cfg.shard_size)
     mine = [s for i, s in enumerate(shards) if i % run.dist.world == run.dist.rank]
     bar = tqdm(total=len(ckpts) * sum(b - a for a, b in mine), desc="train gradients", unit="ex", disable=not run.dist.is_main)
@@ -57,7 +56,8 @@ def train_grads(run: Run, sd: StageDir) -> dict:
                 bar.update(len(idx))
             save_array(folder / shard_name(start, stop), out)
     bar.close()
-    return {"n": len(encoded), "shard_size": cfg.shard_size, "exact": exact, "checkpoints": [c.path.name for c in ckpts]}
+    return {"n": len(encoded), "shard_size": cfg.shard_size, "exact": exact, "checkpoints": [c.path.name for c in ckpts],
+            **work(len(encoded), encoded, len(ckpts))}
 
 
 def _key(k) -> list:

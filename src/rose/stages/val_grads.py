@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import Stage, register_stage
+from . import Stage, register_stage, work
 from .base_logprobs import read_base_logprobs
 
 if TYPE_CHECKING:
     import torch
 
     from ..context import Run
+    from ..grads.losses import ItemLoss
     from ..grads.project import Projector
     from ..store import StageDir
 
@@ -27,19 +28,28 @@ def projector(run: Run) -> Projector:
     return make_projector(g.projection, run.model.segments, g.dim, g.seed)
 
 
+def validation_items(run: Run) -> tuple[list, ItemLoss]:
+    """The validation items and the loss whose gradients the selection method takes of them."""
+    import torch
+
+    from ..grads.losses import DPOLoss, SFTLoss
+
+    validation = run.validation
+    if run.selector.validation_loss == "sft":  # LESS: the chosen responses
+        return [chosen for chosen, _ in validation.encoded], SFTLoss()
+    # ROSE: each pair, against the base model
+    return validation.encoded, DPOLoss(torch.from_numpy(read_base_logprobs(run, "validation")), run.config.gradients.dpo_beta)
+
+
 def validation_grads(run: Run, sink) -> torch.Tensor:
     """[M, sink.out_dim]: the validation gradients at the loaded checkpoint, through `sink`."""
     import torch
 
     from ..grads import engine
-    from ..grads.losses import DPOLoss, SFTLoss
 
-    cfg, model, validation = run.config.gradients, run.model, run.validation
-    out = torch.zeros(len(validation.records), sink.out_dim, dtype=torch.float64)
-    if run.selector.validation_loss == "sft":  # LESS: the chosen responses
-        items, loss = [chosen for chosen, _ in validation.encoded], SFTLoss()
-    else:  # ROSE: each pair, against the base model
-        items, loss = validation.encoded, DPOLoss(torch.from_numpy(read_base_logprobs(run, "validation")), cfg.dpo_beta)
+    cfg, model = run.config.gradients, run.model
+    items, loss = validation_items(run)
+    out = torch.zeros(len(items), sink.out_dim, dtype=torch.float64)
     for idx, parts in engine.per_example_grads(model.model, model.param_names, items, loss, cfg.batch_tokens, run.device):
         out[idx] = sink(parts).double().cpu()
     return out
@@ -52,13 +62,16 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     from ..store import save_array
 
     ckpts, pairs = run.checkpoints(), run.validation.records
-    if run.config.gradients.projection != "none":  # exact scoring takes full validation gradients in train-grads
-        run.model.compile_for_gradients(run.config.gradients.compile_blocks)
-        sink = ProjectedFeatures(projector(run))
-        for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt"):
-            run.model.load_adapter(ckpt.adapter)
-            save_array(sd.path / ckpt.path.name / "grads.npy", validation_grads(run, sink).float().numpy())
-    return {"ids": [p.id for p in pairs], "subtasks": [p.subtask for p in pairs], "checkpoints": [c.path.name for c in ckpts]}
+    info = {"ids": [p.id for p in pairs], "subtasks": [p.subtask for p in pairs], "checkpoints": [c.path.name for c in ckpts]}
+    if run.config.gradients.projection == "none":  # exact scoring takes full validation gradients in train-grads
+        return info
+    sink = ProjectedFeatures(projector(run))
+    for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt"):
+        run.model.load_adapter(ckpt.adapter)
+        save_array(sd.path / ckpt.path.name / "grads.npy", validation_grads(run, sink).float().numpy())
+    items, _ = validation_items(run)
+    sequences = [s for item in items for s in (item if isinstance(item, tuple) else (item,))]
+    return {**info, **work(len(items), sequences, len(ckpts))}
 
 
 def _key(k) -> list:

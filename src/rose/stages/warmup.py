@@ -8,7 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..inputs import sample_indices
-from . import Stage, register_stage
+from . import Stage, register_stage, work
 
 if TYPE_CHECKING:
     from ..context import Run
@@ -26,7 +26,8 @@ def warmup(run: Run, sd: StageDir) -> dict:
     log.info("warm-up: %d of %d pool examples, %d epochs", len(subset), n, cfg.warmup.epochs)
     ckpts = train_lora(run.model.fresh_adapters(), [pool.encoded[i] for i in subset], cfg.warmup, sd.path, run.model.pad_id,
                        cfg.seed, run.dist, save_checkpoints=True, log=log.info)
-    return {"checkpoints": [c.path.name for c in ckpts], "subset": [pool.records[i].id for i in subset]}
+    return {"checkpoints": [c.path.name for c in ckpts], "subset": [pool.records[i].id for i in subset],
+            **work(len(subset), [pool.encoded[i] for i in subset], cfg.warmup.epochs)}
 
 
 register_stage(Stage(
