@@ -44,7 +44,7 @@ sequence (the model's own loss). Attention's T^2 terms and the small LoRA weight
 left out, so the floor is a lower bound on time.
 
 Before timing, the engine's per-example gradients and the LESS loop's projected features on the
-device are checked against the one-example-at-a-time reference (`grads.reference`).
+device are checked against the one-example-at-a-time reference (`grads.oracle`).
 """
 
 from __future__ import annotations
