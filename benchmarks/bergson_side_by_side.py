@@ -195,7 +195,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     arch = "tiny" if args.tiny else "llama-3.1-8b"
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    versions = {name: __import__(name).__version__ for name in ("torch", "transformers", "peft", "datasets", "pyarrow", "fsspec")}
+    versions = {name: __import__(name).__version__ for name in ("torch", "transformers", "peft", "numpy", "datasets", "pyarrow", "fsspec", "huggingface_hub")}
     versions["bergson"] = bergson.__version__
     print(f"device: {card}; " + ", ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
 
