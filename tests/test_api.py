@@ -63,3 +63,26 @@ def test_select_in_memory_data_returns_the_top_scores_and_reuses_finished_stages
     assert {name: (path.stat().st_mtime_ns, read_json(path)["seconds"]) for name, path in manifests.items()} == written
     assert np.array_equal(again.scores, selection.scores) and np.array_equal(again.indices, selection.indices)
     assert len(list((run_dir / "inputs").iterdir())) == 2  # one folder per distinct input: the pool and the target
+
+
+def test_selection_config_writes_rows_once_by_content_and_keeps_paths(tmp_path, demo_files):
+    import datasets
+    import pytest
+
+    from rose.errors import ConfigError, RunDirError
+
+    rows = [{"prompt": "q", "completion": "a"}, {"prompt": "q2", "completion": "a2"}]
+    rose_format = {"q": {"responses": ["a", "b"], "pairs": [[0, 1]], "sft_target": "a", "rejected_target": "b"}}
+    config = rose.selection_config(rows, rose_format, run_dir=tmp_path / "run", test=[str(demo_files["test"])],
+                                   method="bm25", lora={"r": 2})
+    (pool,), (validation,) = config.data.pool, config.data.validation.paths
+    assert [json.loads(line) for line in open(pool)] == rows and pool.endswith("/pool.jsonl")
+    assert json.load(open(validation)) == rose_format and validation.endswith("/validation.json")
+    assert config.data.test == [str(demo_files["test"])] and config.select.method == "bm25" and config.lora.r == 2
+    again = rose.selection_config(datasets.Dataset.from_list(rows), rose_format, run_dir=tmp_path / "run")
+    assert again.data.pool == [pool]  # the same rows, the same file
+    with pytest.raises(ConfigError, match="pass one"):
+        rose.selection_config(datasets.DatasetDict(train=datasets.Dataset.from_list(rows)), rose_format, run_dir=tmp_path / "run")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunDirError):
+        rose.selection_config(rows, rose_format, run_dir=tmp_path / "file")

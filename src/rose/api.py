@@ -25,6 +25,7 @@ import yaml
 
 from .config import RunConfig, load_config, to_dict
 from .errors import ConfigError
+from .inputs import check_run_dir
 from .selectors import Selector, get_selector
 from .stages import STAGES, stages_for
 
@@ -108,6 +109,7 @@ def selection_config(pool: Data, target: Data, *, model: str | None = None, frac
     run_dir/inputs/ here, under a folder named by its content, so the same rows give the same files."""
     start = config if isinstance(config, RunConfig) else load_config(config)
     folder = Path(run_dir if run_dir is not None else start.run_dir).resolve()
+    check_run_dir(str(folder))  # before any input is written into it
     settings: dict[str, Any] = {**overrides, "run_dir": str(folder)}
     named = {"model.name": model, "select.fraction": fraction, "select.method": method}
     settings.update({key: value for key, value in named.items() if value is not None})
