@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 # A source as config accepts it (a path or hf:// id), several of them, or the rows themselves:
 # a list of dicts, a `datasets.Dataset`, or (preference sets in the ROSE paper's format) a dict keyed by prompt.
-Data = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Sequence[Mapping], Mapping, "datasets.Dataset"]
+Data = Union[str, os.PathLike, Sequence[str | os.PathLike], Sequence[Mapping], Mapping, "datasets.Dataset"]
 
 
 @dataclass(frozen=True)
