@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rose.encoding import IGNORE, Encoded, collate, encode, pack, render, token_batches, token_packs
-from rose.errors import InputError
+from rose.errors import InputError, PromptTooLong
 from rose.formats import Origin
 
 PROMPT = ({"role": "user", "content": "Name a colour."},)
@@ -28,6 +28,9 @@ def test_long_response_is_cut_and_long_prompt_is_an_error(tokenizer):
     with pytest.raises(InputError) as e:
         encode(tokenizer, ({"role": "user", "content": "word " * 100},), "ok", 48, Origin("f.jsonl", line=7), "messages")
     assert "max_length (48)" in str(e.value) and e.value.line == 7 and e.value.field == "messages"
+    with pytest.raises(PromptTooLong) as e:  # a table's row, counted from 0 as dataset[i] counts
+        encode(tokenizer, ({"role": "user", "content": "word " * 100},), "ok", 48, Origin("train.parquet", row=17), "messages")
+    assert str(e.value).startswith("train.parquet, row 17, field 'messages': prompt is") and e.value.row == 17
 
 
 def test_token_batches_respect_budget_and_cover_everything():

@@ -160,3 +160,49 @@ def test_named_lora_targets_are_kept_and_lora_free_blocks_found_by_what_they_are
     compiled = {n for n, m in decoder.named_modules() if getattr(m, "_compiled_call_impl", None) is not None}
     assert "final_layer_norm" in compiled and not any(n.endswith(".attention") for n in compiled)
     assert not any(n.endswith(".mlp") for n in compiled)  # it holds LoRA here
+
+
+@pytest.mark.parametrize("given", ["relative", "hub id"])
+def test_saved_adapters_name_the_base_model_the_user_gave_and_load_with_peft(tmp_path, monkeypatch, no_hub, given):
+    """Warm-up checkpoints and the fine-tuned adapter are written by `train_lora` through peft:
+    adapter_config.json must name the model as given (a hub id, not its snapshot folder; a folder
+    as an absolute path), so that AutoPeftModelForCausalLM rebuilds the trained model from another
+    working directory, with the logits of the model that was trained."""
+    from peft import AutoPeftModelForCausalLM
+
+    from rose.config import TrainConfig
+    from rose.distributed import Dist
+    from rose.encoding import Encoded
+    from rose.store import read_json
+    from rose.train import train_lora
+
+    folder = _tiny_folder(tmp_path)
+    if given == "hub id":  # the Hugging Face cache layout, read offline
+        snapshot = no_hub / "models--someone--tiny" / "snapshots" / ("b" * 40)
+        shutil.copytree(folder, snapshot)
+        (no_hub / "models--someone--tiny" / "refs").mkdir()
+        (no_hub / "models--someone--tiny" / "refs" / "main").write_text("b" * 40)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        name, expected = "someone/tiny", "someone/tiny"
+    else:
+        monkeypatch.chdir(tmp_path)
+        name, expected = "tiny", folder
+    model = add_lora(load_model(ModelConfig(name=name, device="cpu", dtype="float32")), LoraConfig(r=2, alpha=8, dropout=0.0))
+    rows = [Encoded(tuple(range(3 + i, 13 + i)), 4) for i in range(4)]
+    settings = TrainConfig(epochs=2, lr=1e-2, batch_size=2, micro_batch_tokens=64)
+    checkpoints = train_lora(model, rows, settings, tmp_path / "out", 0, 0, Dist(), save_checkpoints=True, log=lambda _: None)
+    assert len(checkpoints) == 2
+    for ckpt in checkpoints:
+        assert read_json(ckpt.adapter / "adapter_config.json")["base_model_name_or_path"] == expected
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(checkpoints[-1].adapter)).eval()
+    ids = torch.tensor([list(range(3, 20))])
+    with torch.no_grad():
+        trained, reloaded = model.eval()(input_ids=ids).logits, loaded(input_ids=ids).logits
+        base = model.get_base_model()
+        with model.disable_adapter():
+            untrained = base(input_ids=ids).logits
+    assert not torch.allclose(trained, untrained, atol=1e-4)  # training moved the adapter, so the check below means something
+    torch.testing.assert_close(reloaded, trained)

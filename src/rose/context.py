@@ -89,7 +89,7 @@ class ModelHandle:
         """The base model with (freshly initialised, seeded) LoRA adapters; on a GPU with
         model.compile_blocks, its LoRA-free blocks compiled for every pass that follows."""
         torch.manual_seed(self.seed)
-        model = add_lora(load_model(self.config, self.device), self.lora)
+        model = add_lora(load_model(self.config, self.device), self.lora, self.config.revision)
         quantized = getattr(model.get_base_model(), "hf_quantizer", None) is not None  # its kernels are not traced
         if self.config.compile_blocks and self.device.type == "cuda" and not quantized and (n := compile_lora_free_blocks(model)):
             log.info("compiled %d LoRA-free decoder blocks", n)

@@ -90,7 +90,8 @@ def encode(
     response_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
     if len(prompt_ids) >= max_length:
         raise PromptTooLong(origin.path, f"prompt is {len(prompt_ids)} tokens, at least max_length ({max_length}); "
-                            "raise model.max_length or set model.overlong=skip", line=origin.line, entry=origin.entry, field=field)
+                            "raise model.max_length or set model.overlong=skip", line=origin.line, entry=origin.entry, row=origin.row,
+                            field=field)
     if not response_ids:
         raise origin.error("response is empty after tokenisation", field=field)
     return Encoded(tuple(prompt_ids + response_ids[: max_length - len(prompt_ids)]), len(prompt_ids))

@@ -130,6 +130,18 @@ def _hub_model(name: str, revision: str | None) -> str:
     return name
 
 
+def base_model_name(name: str, resolved: str) -> str:
+    """The name a saved adapter gives its base model (adapter_config.json's `base_model_name_or_path`),
+    which peft's `AutoPeftModelForCausalLM` and TRL load it by: a hub id as the user gave it, not
+    its snapshot folder in this machine's cache; a local folder as an absolute path, so the adapter
+    loads from any working directory. A built-in or .gguf model has no name `from_pretrained`
+    reads: its adapters name the safetensors folder it was converted into (`resolved`)."""
+    path = Path(name).expanduser()
+    if name in BUILTIN or name.endswith(".gguf"):
+        return resolved
+    return str(path.resolve()) if path.is_dir() else name
+
+
 def pick_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -165,6 +177,7 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> PreTrain
     except Exception as e:  # safetensors/torch raise their own types for truncated weight files
         raise InputError(source, f"cannot load model weights ({type(e).__name__}: {_first_line(e)})", field="model.name") from e
     model.requires_grad_(False)
+    model.name_or_path = base_model_name(cfg.name, source)  # what peft writes into every adapter it saves
     return (model if "device_map" in options else model.to(device)).eval()
 
 
@@ -239,10 +252,12 @@ def attention_projections(model: PreTrainedModel) -> list[str]:
     return names
 
 
-def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
-    """Wrap the base model with fresh LoRA adapters (the only trainable weights)."""
+def add_lora(model: PreTrainedModel, cfg: LoraConfig, revision: str | None = None) -> PeftModel:
+    """Wrap the base model with fresh LoRA adapters (the only trainable weights). Saved adapters name
+    the base as `load_model` named it, at `revision` (model.revision) where one is pinned."""
     targets = attention_projections(model) if cfg.target_modules == "auto" else cfg.target_modules
-    lora = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
+    lora = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM",
+                          revision=revision)
     try:
         return get_peft_model(model, lora)
     except ValueError as e:

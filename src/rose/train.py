@@ -199,7 +199,9 @@ def micro_batches(rows: Sequence[Encoded], micro_tokens: int, packed: bool) -> l
 def _save(model: PeftModel, optimizer: torch.optim.Optimizer, params: dict, ckpt: Checkpoint, cfg: TrainConfig,
           epoch: int, step: int, lrs: list[float], losses: list[float]) -> None:
     with atomic_path(ckpt.path) as tmp:
-        model.save_pretrained(tmp / "adapter")
+        # the vocabulary is never resized, so no embedding weights to save; "auto" would ask the hub
+        # about a base named by hub id at every checkpoint
+        model.save_pretrained(tmp / "adapter", save_embedding_layers=False)
         moments = {}
         for name, p in params.items():
             state = optimizer.state.get(p, {})
