@@ -8,9 +8,9 @@
 #    evaluate) runs once under torchrun on every visible GPU (`rose compare --shared-only`).
 # 2) Then WORKERS_PER_GPU `rose compare` workers per task and GPU share the rest (one by default:
 #    two fill an H100 better, since one SmolLM2 process keeps it busy only about half the time,
-#    but two workers ran out of memory once in session 3 and four in session 2). Stage folders
-#    are locked while written, so each worker takes what no other holds, and a worker that dies
-#    leaves its variant to the others.
+#    but two workers ran out of memory once in the run at commit f421739 and four in the one at
+#    e6cba53, both 2026-11-25). Stage folders are locked while written, so each worker takes what
+#    no other holds, and a worker that dies leaves its variant to the others.
 # Everything resumes: run the script again after an interruption; ROSE_TIME_LIMIT stops it cleanly
 # before a wall-clock limit. To keep variants measured earlier (docs/results/<task>/variants.json),
 # copy each to runs/<task>/compare/results.json first: variants listed there are not redone.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 from pathlib import Path
@@ -58,21 +59,23 @@ def kernel_rows(size: dict, device: torch.device, dtype: torch.dtype) -> tuple[l
     q, k, v = (torch.randn(t, heads, d, generator=gen).to(device) for heads in (h, hk, hk))
     grad_out = torch.randn(t, h, d, generator=gen).to(device)
     scale = d ** -0.5
+    flash_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and attention._varlen_kernel() is not None
+
+    def run(path, cast):
+        """(output, grads of q, k, v) of one path with q, k, v cast to `cast`; None where the path is not taken."""
+        leaves = [x.to(cast).requires_grad_() for x in (q, k, v)]
+        out = path(*leaves)
+        if out is None:
+            return None
+        grads = torch.autograd.grad((out.float() * grad_out).sum(), leaves)
+        return out.detach(), grads
+
     rows, offsets = [], {}
     for window in (size["window"], None):
-        def run(path, cast):
-            leaves = [x.to(cast).requires_grad_() for x in (q, k, v)]
-            out = path(*leaves)
-            if out is None:
-                return None
-            grads = torch.autograd.grad((out.float() * grad_out).sum(), leaves)
-            return out.detach(), grads
-
-        per_seq = lambda a, b, c: attention._per_sequence(a, b, c, cu, scale, window, None)  # noqa: E731
-        flash_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and attention._varlen_kernel() is not None
-        flash = (lambda a, b, c: attention._flash(a, b, c, cu, max(lengths), scale, window)) if flash_ok else None  # noqa: E731
+        per_seq = functools.partial(attention._per_sequence, cu_seq_lens=cu, scale=scale, window=window, softcap=None)
+        flash = functools.partial(attention._flash, cu_seq_lens=cu, max_length=max(lengths), scale=scale, window=window)
         exact, ours = run(per_seq, torch.float32), run(per_seq, dtype)
-        fast = run(flash, dtype) if flash else None
+        fast = run(flash, dtype) if flash_ok else None
         if fast is not None and window:  # which window the kernel really applied: W, not W - 1 or W + 1
             offsets[window] = {w: _max(fast[0], attention._per_sequence(q, k, v, cu, scale, w, None))
                                for w in (window - 1, window, window + 1)}

@@ -32,12 +32,18 @@ from pathlib import Path
 import torch
 import yaml
 
-LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                head_dim=128, rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False)
+ARCHS = {
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                         head_dim=128, rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 max_position_embeddings=4096, tie_word_embeddings=False),  # a CPU check of this script
+}
 FORWARD_ONLY = {"base-logprobs", "evaluate"}
 
 
 def matmul_tflops() -> float:
+    if not torch.cuda.is_available():
+        return float("nan")
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
         a @ b
@@ -52,7 +58,7 @@ def matmul_tflops() -> float:
     return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
-def build_model(folder: Path, tokenizer_dir: Path, layers: int | None) -> None:
+def build_model(folder: Path, tokenizer_dir: Path, arch: str, layers: int | None) -> None:
     """A random-weight Llama-3.1-8B (bf16) with the tokenizer's vocabulary, saved as a model folder."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -60,16 +66,17 @@ def build_model(folder: Path, tokenizer_dir: Path, layers: int | None) -> None:
         return
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         **{**LLAMA_8B, **({"num_hidden_layers": layers} if layers else {})})
+                         **{**ARCHS[arch], **({"num_hidden_layers": layers} if layers else {})})
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp, max_shard_size="5GB")
     tokenizer.save_pretrained(tmp)
     tmp.rename(folder)
     del model
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def write_config(args, model_dir: Path) -> Path:
@@ -78,8 +85,8 @@ def write_config(args, model_dir: Path) -> Path:
     config = {
         "run_dir": str(Path(args.work) / "run"),
         "seed": 0,
-        "model": {"name": str(model_dir), "dtype": "bfloat16", "device": "cuda", "max_length": 2048, "overlong": "skip"},
-        "lora": {"r": 128, "alpha": 512, "dropout": 0.1},  # the paper's
+        "model": {"name": str(model_dir), "dtype": "auto", "max_length": 2048, "overlong": "skip"},  # bf16 on a GPU
+        "lora": {"r": args.rank, "alpha": 4 * args.rank, "dropout": 0.1},  # the paper's r=128, alpha=512
         "data": {
             "pool": [str(p) for p in sorted((data / "train").glob("*/*.jsonl.gz"))],
             "pool_limit": args.pool,
@@ -101,15 +108,16 @@ def write_config(args, model_dir: Path) -> Path:
     return path
 
 
-def parameter_counts(model_dir: Path) -> tuple[int, int]:
-    """(B, H): decoder parameters a token passes through (LoRA excluded here, added by the caller),
-    and the LM head's vocab x hidden."""
+def parameter_counts(model_dir: Path, rank: int) -> tuple[int, int]:
+    """(B, H): the decoder parameters a token passes through, LoRA adapters on q/k/v/o included
+    (r x (in + out) each), and the LM head's vocab x hidden."""
     config = json.loads((model_dir / "config.json").read_text())
     h, f, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     kv = config["num_key_value_heads"] * config["head_dim"]
     q = config["num_attention_heads"] * config["head_dim"]
     per_layer = h * q + 2 * h * kv + q * h + 3 * h * f + 2 * h
-    return n * per_layer + h, config["vocab_size"] * h
+    lora = rank * ((h + q) + 2 * (h + kv) + (q + h))
+    return n * (per_layer + lora) + h, config["vocab_size"] * h
 
 
 def stage_table(run_dir: Path, body: int, head: int, tflops: float) -> dict:
@@ -145,14 +153,16 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=300, help="SHP test prompts evaluated.")
     parser.add_argument("--train-tokens", type=int, default=16384, help="Tokens per training micro-batch.")
     parser.add_argument("--grad-tokens", type=int, default=16384, help="Tokens per gradient/evaluation pack.")
-    parser.add_argument("--layers", type=int, help="Fewer decoder layers (a depth-reduced model; default 32).")
+    parser.add_argument("--arch", default="llama-3.1-8b", choices=list(ARCHS))
+    parser.add_argument("--layers", type=int, help="Fewer decoder layers (a depth-reduced model).")
+    parser.add_argument("--rank", type=int, default=128, help="LoRA rank (alpha = 4 x rank, as the paper's 128/512).")
     parser.add_argument("--out", help="Write the table as JSON here.")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model_dir = work / "model"
     started = time.perf_counter()
-    build_model(model_dir, Path(args.tokenizer), args.layers)
+    build_model(model_dir, Path(args.tokenizer), args.arch, args.layers)
     print(f"model folder ready in {time.perf_counter() - started:.0f} s: {model_dir}", flush=True)
     config = write_config(args, model_dir)
     from rose.config import load_config
@@ -160,18 +170,16 @@ def main() -> None:
 
     run_stages(load_config(config), args.stages or None)
     tflops = matmul_tflops()
-    body, head = parameter_counts(model_dir)
-    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
-    lora = 128 * sum(4096 + out for out in (4096, 1024, 1024, 4096)) * layers  # r x (in + out) on q, k, v, o
-    rows = stage_table(Path(args.work) / "run", body + lora, head, tflops)
-    card = torch.cuda.get_device_name()
-    print(f"\n{card}, bf16 matmul {tflops:.0f} TFLOP/s; B = {(body + lora) / 1e9:.3f} B, H = {head / 1e9:.3f} B")
+    body, head = parameter_counts(model_dir, args.rank)
+    rows = stage_table(Path(args.work) / "run", body, head, tflops)
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"\n{card}, bf16 matmul {tflops:.0f} TFLOP/s; B = {body / 1e9:.3f} B, H = {head / 1e9:.3f} B")
     print(f"{'stage':14s} {'examples/s':>11s} {'tokens/s':>10s} {'floor':>7s} {'peak GB':>8s} {'wall s':>8s}")
     for name, r in rows.items():
         rate = f"{r['examples_per_s']:11.1f} {r['tokens_per_s']:10.0f} {r['floor_fraction']:7.1%}" if "examples" in r else " " * 30
         print(f"{name:14s} {rate} {r['peak_gpu_gb'] or float('nan'):8.1f} {r['seconds']:8.1f}")
     if args.out:
-        report = {"card": card, "torch": torch.__version__, "matmul_tflops_bf16": tflops, "body_params": body + lora, "lm_head_params": head,
+        report = {"card": card, "torch": torch.__version__, "matmul_tflops_bf16": tflops, "body_params": body, "lm_head_params": head,
                   "weights": "random (built from the Llama-3.1-8B config with the SmolLM2 tokenizer's vocabulary)",
                   "settings": {k: v for k, v in vars(args).items() if k not in ("data", "tokenizer", "work", "out")}, "stages": rows}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -51,11 +51,15 @@ def ranks(x: list[float]) -> np.ndarray:
     return np.array([order[x == value].mean() for value in x])
 
 
-def correlation(rows: list[dict], source: str) -> dict:
-    share = [v["sources"][source]["share"] for v in rows]
-    acc = [v["heldout_pref_acc"] for v in rows]
-    return {"n_runs": len(rows), "pearson": float(np.corrcoef(share, acc)[0, 1]),
-            "spearman": float(np.corrcoef(ranks(share), ranks(acc))[0, 1])}
+def correlation(x: list[float], y: list[float]) -> dict:
+    """Pearson and Spearman correlation of paired per-run values (ties share their mean rank)."""
+    return {"n_runs": len(x), "pearson": float(np.corrcoef(x, y)[0, 1]),
+            "spearman": float(np.corrcoef(ranks(x), ranks(y))[0, 1])}
+
+
+def share_vs_accuracy(rows: list[dict], source: str) -> dict:
+    """`correlation` of the source's share of each run's selection with the run's held-out accuracy."""
+    return correlation([v["sources"][source]["share"] for v in rows], [v["heldout_pref_acc"] for v in rows])
 
 
 def shares(variants: dict[str, dict], source: str) -> dict:
@@ -112,11 +116,11 @@ def main() -> None:
         listed = [v for v in variants.values() if v["method"] != "full"]
         rows = distinct({k: v for k, v in variants.items() if v["method"] != "full"})
         full = [v for v in variants.values() if v["method"] == "full"]
-        summary[task] = {"n_listed": len(listed), **correlation(rows, args.source), "shares": shares(variants, args.source),
+        summary[task] = {"n_listed": len(listed), **share_vs_accuracy(rows, args.source), "shares": shares(variants, args.source),
                          "pool_share": full[0]["sources"][args.source]["share"] if full else None}
         if args.reruns:
             reruns = json.loads((Path(args.reruns) / f"{task}.json").read_text())
-            summary[task]["with_reruns"] = correlation(rows + list(reruns.values()), args.source)
+            summary[task]["with_reruns"] = share_vs_accuracy(rows + list(reruns.values()), args.source)
             summary[task]["rerun_shares"] = {k: v["sources"][args.source]["share"] for k, v in reruns.items()}
         print_task(task, args.source, summary[task])
         for method in dict.fromkeys(v["method"] for v in rows):

@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# OpenMP threads that wait for each other sleep instead of spinning. On a busy machine a spinning thread
+# holds the core that the thread it waits for needs: SmolLM2 forwards ran 2-3x slower under load with two
+# spinning threads (10 s against 4-5 s). Read when torch loads OpenMP, so set before torch is imported;
+# subprocesses (torchrun, the killed run) inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from rose.config import LoraConfig, ModelConfig, load_config
-from rose.demo import demo_config, write_demo_data
-from rose.models import add_lora, load_model, load_tokenizer
-from rose.stages import STAGES
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rose.config import LoraConfig, ModelConfig, load_config  # noqa: E402
+from rose.demo import demo_config, write_demo_data  # noqa: E402
+from rose.models import add_lora, load_model, load_tokenizer  # noqa: E402
+from rose.stages import STAGES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from rose.cli import STAGE_HELP, main
+from rose.cli import main
+from rose.stages import STAGES
 from rose.store import MANIFEST
 
-COMMANDS = ["run", "demo", "config", *STAGE_HELP]
+COMMANDS = ["run", "demo", "config", "compare", *STAGES]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -24,7 +25,7 @@ def test_every_subcommand_has_help(command, capsys):
 
 def test_top_level_help_names_the_stages():
     out = subprocess.run([sys.executable, "-m", "rose", "--help"], capture_output=True, text=True, check=True).stdout
-    assert "warmup -> val-grads -> train-grads -> score -> select -> reference -> finetune -> evaluate" in out
+    assert " -> ".join(STAGES) in out and "base-logprobs" in out
 
 
 def test_config_keys_lists_defaults(capsys):

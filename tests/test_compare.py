@@ -2,120 +2,257 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import shutil
+import statistics
 import threading
+import types
+from pathlib import Path
 
+import matplotlib.image
 import pytest
-from conftest import tiny_config
+from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
 
 from rose import compare
 from rose.cli import main
 from rose.config import load_config
-from rose.demo import write_demo_data
-from rose.store import StageBusy, folder_lock
+from rose.report import compare_plots
+from rose.stages import STAGES
+from rose.store import MANIFEST, StageBusy, folder_lock, read_json
+
+N_POOL = 48  # the demo pool of conftest.demo_files
+METRICS = ("heldout_pref_acc", "reward_margin", "length_norm_pref_acc", "golden_nll", "val_dpo_loss")
+VARIANTS = {  # name -> group: six methods (two random seeds), one extra budget, one extra few-shot point
+    "rose-p0.125": "main", "less-p0.125": "main", "random-seed0-p0.125": "main", "random-seed1-p0.125": "main",
+    "bm25-p0.125": "main", "embedding-p0.125": "main", "full": "main", "rose-p0.0625": "budget",
+    "rose-p0.125-1shot": "shots", "rose-p0.125-4shot": "shots",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    root: Path
+    config_file: Path
+    seeded: dict[str, int]  # cache folder name -> manifest mtime, as copied from finished_run
+    after_shared_only: set[str]  # complete cache folders after `rose compare --shared-only`
+    results_after_shared_only: bool  # whether results.json existed then
+
+
+def _complete(cache: Path) -> dict[str, int]:
+    """Cache folders whose manifest says complete -> that manifest's mtime."""
+    return {m.parent.name: m.stat().st_mtime_ns for m in cache.glob(f"*/{MANIFEST}") if read_json(m).get("complete")}
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
+def compared(tmp_path_factory, finished_run, demo_files) -> Comparison:
+    """Every method, a budget sweep and a few-shot sweep that add one variant each, on the tiny demo task.
+
+    `finished_run` has the data and config of the main ROSE variant, so its stage folders are copied
+    into the cache under its keys: the comparison computes only what that run did not. First
+    `--shared-only` runs (it adds the full-pool fine-tune), then the comparison itself.
+    """
+    run_dir, config, run = finished_run
     root = tmp_path_factory.mktemp("compare")
-    files = write_demo_data(root / "data", per_skill=6, shots=4, heldout=8, tests=4)
-    two_shots = root / "data" / "val2.jsonl"
-    two_shots.write_text("".join(files["validation"].read_text().splitlines(keepends=True)[:2]))
-    config = tiny_config(root / "run", files)
-    config_file = root / "compare.yaml"
-    body = json.loads(json.dumps(__import__("dataclasses").asdict(config)))
+    one_shot = root / "val1.jsonl"
+    one_shot.write_text(demo_files["validation"].read_text().splitlines(keepends=True)[0])
+    body = json.loads(json.dumps(dataclasses.asdict(config)))
+    body["run_dir"] = str(root / "run")
     body["compare"] = {"methods": ["rose", "less", "random", "bm25", "embedding", "full"], "random_seeds": [0, 1],
-                       "budgets": [0.125, 0.25], "budget_methods": ["rose", "random"],
-                       "shots": {"2": [str(two_shots)], "4": [str(files["validation"])]}, "shot_methods": ["rose"],
+                       "budgets": [0.0625, 0.125], "budget_methods": ["rose"],
+                       "shots": {"1": [str(one_shot)], "4": [str(demo_files["validation"])]}, "shot_methods": ["rose"],
                        "results_json": str(root / "results" / "demo.json")}
+    config_file = root / "compare.yaml"
     config_file.write_text(json.dumps(body))  # JSON is YAML
+    cache = root / "run" / "cache"
+    for name, stage in STAGES.items():
+        shutil.copytree(run_dir / stage.folder, cache / f"{name}-{run.keys[name]}")
+    seeded = _complete(cache)
+    assert main(["compare", "--shared-only", str(config_file)]) == 0
+    after_shared_only, results_after_shared_only = set(_complete(cache)), (root / "run/compare/results.json").exists()
     assert main(["compare", str(config_file)]) == 0
-    return root
+    return Comparison(root, config_file, seeded, after_shared_only, results_after_shared_only)
+
+
+def _variant(compared: Comparison, name: str) -> Path:
+    return compared.root / "run" / "variants" / name
+
+
+def _metrics(compared: Comparison, name: str) -> dict:
+    return read_json(_variant(compared, name) / "eval/metrics.json")
+
+
+def _expected_summary(compared: Comparison) -> dict[str, dict]:
+    """Per main method, by hand from the variants' own metrics.json: mean, and std over seeds (ddof=1)."""
+    by_method: dict[str, list[dict]] = {}
+    for name, group in VARIANTS.items():
+        if group == "main":
+            by_method.setdefault(name.split("-")[0], []).append(_metrics(compared, name))
+    out = {}
+    for method, rows in by_method.items():
+        out[method] = {m: statistics.mean(r[m] for r in rows) for m in METRICS}
+        if len(rows) > 1:
+            out[method] |= {f"{m}_std": statistics.stdev(r[m] for r in rows) for m in METRICS}
+    return out
 
 
 def test_every_variant_is_evaluated_and_reported(compared):
-    results = json.loads((compared / "run/compare/results.json").read_text())
-    main_methods = sorted(r["method"] for r in results.values() if r["group"] == "main")
-    assert main_methods == ["bm25", "embedding", "full", "less", "random", "random", "rose"]
-    assert {r["fraction"] for r in results.values() if r["group"] == "budget"} == {0.25}  # 0.125 is the main budget
-    assert sorted(r["shots"] for r in results.values() if r["group"] == "shots") == ["2", "4"]
-    n_pool = 48
+    results = read_json(compared.root / "run/compare/results.json")
+    assert {name: r["group"] for name, r in results.items()} == VARIANTS  # 0.125 is the main budget: no duplicate
     for name, r in results.items():
-        assert 0 <= r["heldout_pref_acc"] <= 1 and r["val_dpo_loss"] > 0 and r["golden_nll"] > 0, name
-        assert r["n_selected"] == (n_pool if r["method"] == "full" else round(r["fraction"] * n_pool))
-    report = (compared / "run/compare/report.md").read_text()
-    assert "| random | 6 |" in report and "±" in report  # two random seeds give a spread
-    for image in ("accuracy.png", "budget.png", "shots.png", "dpo_vs_acc.png"):
-        assert (compared / "run/compare" / image).stat().st_size > 1000
-    summary = json.loads((compared / "results/demo.json").read_text())["methods"]
-    assert {"heldout_pref_acc", "reward_margin", "golden_nll", "n_selected"} <= set(summary["rose"])
-    assert "heldout_pref_acc_std" in summary["random"]
+        metrics = _metrics(compared, name)
+        assert {k: r[k] for k in metrics} == metrics, name  # the variant's own evaluation, unchanged
+        selected = (_variant(compared, name) / "selection/selected.jsonl").read_text().splitlines()
+        assert r["n_selected"] == len(selected) == (N_POOL if r["method"] == "full" else round(r["fraction"] * N_POOL)), name
+    assert results["rose-p0.0625"]["n_selected"] == 3 and results["rose-p0.125-1shot"]["n_selected"] == 6
+    seeds = [read_json(_variant(compared, f"random-seed{s}-p0.125") / "selection/selection.json")["selected"] for s in (0, 1)]
+    assert seeds[0] != seeds[1]  # two seeds, two selections: the spread below is over different runs
+
+    expected = _expected_summary(compared)
+    summary = read_json(compared.root / "results/demo.json")["methods"]
+    assert set(summary) == set(expected)
+    for method, values in expected.items():
+        got = {k: v for k, v in summary[method].items() if k.removesuffix("_std") in METRICS}
+        assert got == pytest.approx(values, rel=1e-12, abs=1e-15), method  # no _std key for a single run
+        assert summary[method]["n_runs"] == (2 if method == "random" else 1)
+    assert expected["random"]["reward_margin_std"] > 0
+
+    report = (compared.root / "run/compare/report.md").read_text().splitlines()
+    for method in ("random", "rose"):
+        e = expected[method]
+        cells = [f"{e[m]:.4f}" + (f" ± {e[m + '_std']:.4f}" if method == "random" else "") for m in METRICS]
+        assert f"| {method} | 6 | " + " | ".join(cells) + " |" in report
+    for image, size in {"accuracy.png": (420, 720), "budget.png": (420, 720), "shots.png": (420, 720), "dpo_vs_acc.png": (480, 600)}.items():
+        assert matplotlib.image.imread(compared.root / "run/compare" / image).shape[:2] == size, image  # decodes, at figsize * dpi
+
+
+def test_plots_show_the_results(compared, tmp_path, monkeypatch):
+    """What each plot draws: read back from the figures compare_plots saves."""
+    figures, save = {}, Figure.savefig
+
+    def keep(fig, fname, *args, **kwargs):
+        figures[Path(fname).name] = fig
+        return save(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    results = read_json(compared.root / "run/compare/results.json")
+    assert compare_plots(results, tmp_path, ["rose"], ["rose"]) == ["accuracy.png", "budget.png", "shots.png", "dpo_vs_acc.png"]
+    acc = {name: r["heldout_pref_acc"] for name, r in results.items()}
+    expected = _expected_summary(compared)
+
+    bars = figures["accuracy.png"].axes[0]
+    methods = [t.get_text() for t in bars.get_xticklabels()]
+    assert sorted(methods) == sorted(expected)
+    assert [p.get_height() for p in bars.patches] == pytest.approx([expected[m]["heldout_pref_acc"] for m in methods])
+    container = next(c for c in bars.containers if isinstance(c, BarContainer))
+    error_bars = container.errorbar.lines[2][0].get_segments()  # one [[x, low], [x, high]] per bar
+    spread = {m: (seg[1][1] - seg[0][1]) / 2 for m, seg in zip(methods, error_bars)}
+    assert spread == pytest.approx({m: expected[m].get("heldout_pref_acc_std", 0) for m in methods})
+
+    def lines(name: str) -> dict[str, tuple[list, list]]:
+        return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in figures[name].axes[0].lines}
+
+    budget = lines("budget.png")  # percent of the pool; the full pool as a horizontal reference
+    assert budget["rose"] == ([6.25, 12.5], pytest.approx([acc["rose-p0.0625"], acc["rose-p0.125"]]))
+    assert budget["full pool"][1] == pytest.approx([acc["full"]] * 2)
+    shots = lines("shots.png")
+    assert shots["rose"] == ([1, 4], pytest.approx([acc["rose-p0.125-1shot"], acc["rose-p0.125-4shot"]]))
+    assert shots["random"][1] == pytest.approx([expected["random"]["heldout_pref_acc"]] * 2)
+    points = {c.get_label(): sorted(map(tuple, c.get_offsets().tolist())) for c in figures["dpo_vs_acc.png"].axes[0].collections}
+    by_method: dict[str, list] = {}
+    for r in results.values():
+        by_method.setdefault(r["method"], []).append((r["val_dpo_loss"], r["heldout_pref_acc"]))
+    assert points == {m: sorted(p) for m, p in by_method.items()}
 
 
 def test_stages_are_shared_by_key_and_a_rerun_does_nothing(compared):
-    run = compared / "run"
-    warmups = list((run / "cache").glob("warmup-*"))
-    assert len(warmups) == 1  # ROSE, LESS, the budget and the shot variants share one warm-up
-    assert len(list((run / "cache").glob("train-grads-*"))) == 1
-    assert len(list((run / "cache").glob("reference-*"))) == 2  # one per validation set (validation DPO loss)
-    rose = run / "variants/rose-p0.125"
-    assert (rose / "warmup").is_symlink() and (run / "variants/less-p0.125/warmup").resolve() == (rose / "warmup").resolve()
-    # the 4-shot sweep point uses the main validation set: same keys, so it reused the main ROSE folders
-    assert (run / "variants/rose-p0.125-4shot/eval").resolve() == (rose / "eval").resolve()
-    before = (run / "compare/results.json").stat().st_mtime_ns
-    assert main(["compare", str(compared / "compare.yaml")]) == 0
-    assert (run / "compare/results.json").stat().st_mtime_ns == before
+    run, cache = compared.root / "run", compared.root / "run/cache"
+    # nothing finished_run had computed was computed again: the main ROSE variant is that run, by key
+    assert {k: v for k, v in _complete(cache).items() if k in compared.seeded} == compared.seeded
+    rose = _variant(compared, "rose-p0.125")
+    assert {(rose / stage.folder).resolve().name for stage in STAGES.values()} == set(compared.seeded)
+    assert len(list(cache.glob("warmup-*"))) == 1 and len(list(cache.glob("train-grads-*"))) == 1
+    assert sum(name.startswith("val-grads-") for name in _complete(cache)) == 3  # ROSE, LESS, ROSE on 1 shot
+    assert len(list(cache.glob("base-logprobs-*"))) == 2  # one per validation set
+    for name in ("less-p0.125", "rose-p0.0625", "rose-p0.125-1shot"):
+        for folder in ("warmup", "grads/train"):
+            assert (_variant(compared, name) / folder).resolve() == (rose / folder).resolve(), (name, folder)
+    # a smaller budget selects from the same scores; the 4-shot point is the main validation set: the main ROSE run
+    assert (_variant(compared, "rose-p0.0625") / "scores").resolve() == (rose / "scores").resolve()
+    assert (_variant(compared, "rose-p0.0625") / "selection").resolve() != (rose / "selection").resolve()
+    assert (_variant(compared, "rose-p0.125-4shot") / "eval").resolve() == (rose / "eval").resolve()
+    before, results = _complete(cache), (run / "compare/results.json").stat().st_mtime_ns
+    assert main(["compare", str(compared.config_file)]) == 0
+    assert _complete(cache) == before and (run / "compare/results.json").stat().st_mtime_ns == results
+
+
+def test_shared_only_adds_the_full_pool_fine_tune_and_nothing_else(compared):
+    """With the warm-up and pool gradients already in the cache (from finished_run), `--shared-only`
+    computes the full-pool selection and fine-tune, and no other variant, evaluation or result."""
+    full = _variant(compared, "full")
+    added = {(full / STAGES[name].folder).resolve().name for name in ("score", "select", "finetune")}
+    assert compared.after_shared_only == set(compared.seeded) | added
+    assert len(added) == 3 and not added & set(compared.seeded)
+    assert not compared.results_after_shared_only
 
 
 def test_report_only_rewrites_the_report_from_results_json(compared):
     """As after copying results.json back from a GPU machine: report, plots and summary come back
     from the results alone, and no variant runs (results.json is left as it was)."""
-    out = compared / "run/compare"
-    report, summary = (out / "report.md").read_text(), (compared / "results/demo.json").read_text()
-    for f in [out / "report.md", out / "budget.png", compared / "results/demo.json"]:
+    out = compared.root / "run/compare"
+    summary_file = compared.root / "results/demo.json"
+    report, summary = (out / "report.md").read_text(), summary_file.read_text()
+    for f in [out / "report.md", out / "budget.png", summary_file]:
         f.unlink()
     before = (out / "results.json").stat().st_mtime_ns
-    assert main(["compare", str(compared / "compare.yaml"), "--report-only"]) == 0
-    assert (out / "report.md").read_text() == report and (compared / "results/demo.json").read_text() == summary
-    assert (out / "budget.png").stat().st_size > 1000 and (out / "results.json").stat().st_mtime_ns == before
+    assert main(["compare", str(compared.config_file), "--report-only"]) == 0
+    assert (out / "report.md").read_text() == report and summary_file.read_text() == summary
+    assert matplotlib.image.imread(out / "budget.png").shape[:2] == (420, 720)
+    assert (out / "results.json").stat().st_mtime_ns == before
 
 
 def test_report_only_without_results_is_a_clear_error(compared, tmp_path, capsys):
-    assert main(["compare", str(compared / "compare.yaml"), f"run_dir={tmp_path}", "--report-only"]) == 2
+    assert main(["compare", str(compared.config_file), f"run_dir={tmp_path}", "--report-only"]) == 2
     assert "no results to report" in capsys.readouterr().err
 
 
 def test_a_worker_steps_aside_while_another_process_holds_a_stage(compared, monkeypatch, caplog):
-    """A second worker on the same comparison skips a variant whose stage is held, then finishes it."""
-    monkeypatch.setattr(compare, "POLL_SECONDS", 0.2)
-    results_file = compared / "run/compare/results.json"
-    results = json.loads(results_file.read_text())
+    """A second worker on the same comparison skips a variant whose stage is held, then finishes it.
+
+    No clocks: the holder releases the stage when the worker pauses before looking again (the
+    pause itself is replaced), so the worker always meets the lock first and the free stage next."""
+    results_file = compared.root / "run/compare/results.json"
+    results = read_json(results_file)
     held = "random-seed1-p0.125"
     del results[held]
     results_file.write_text(json.dumps(results))
-    eval_folder = (compared / "run/variants" / held / "eval").resolve()
-    locked, release = threading.Event(), threading.Event()
+    locked, release, pauses = threading.Event(), threading.Event(), []
 
-    def other_worker() -> None:
-        with folder_lock(eval_folder):
+    def other_worker() -> None:  # a lock of its own open file: flock excludes it as it would another process
+        with folder_lock(_variant(compared, held).joinpath("eval").resolve()):
             locked.set()
-            release.wait(timeout=60)
+            release.wait(timeout=600)  # a safety net against a hang, never reached when the test passes
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        release.set()
+        holder.join()
 
     holder = threading.Thread(target=other_worker)
     holder.start()
-    locked.wait(timeout=10)
-    threading.Timer(1.5, release.set).start()
-    with caplog.at_level(logging.INFO, logger="rose"):
-        final = compare.run_compare(load_config(compared / "compare.yaml"))
-    holder.join()
+    assert locked.wait(timeout=600)
+    monkeypatch.setattr(compare, "time", types.SimpleNamespace(sleep=pause))
+    try:
+        with caplog.at_level(logging.INFO, logger="rose"):
+            final = compare.run_compare(load_config(compared.config_file))
+    finally:
+        release.set()
+        holder.join()
+    assert pauses == [compare.POLL_SECONDS]  # held once, then done
     assert f"compare: {held} waits" in caplog.text
-    assert list(final)[-1] == held and final[held]["heldout_pref_acc"] == results_before(compared, held)
-
-
-def results_before(compared, name: str) -> float:
-    """The variant's accuracy as its (shared, finished) evaluation folder recorded it."""
-    return json.loads((compared / "run/variants" / name / "eval/metrics.json").read_text())["heldout_pref_acc"]
+    assert list(final)[-1] == held and final[held]["heldout_pref_acc"] == _metrics(compared, held)["heldout_pref_acc"]
 
 
 def test_a_held_folder_lock_raises_stage_busy_without_waiting(tmp_path):
@@ -125,16 +262,3 @@ def test_a_held_folder_lock_raises_stage_busy_without_waiting(tmp_path):
                 pass
     with folder_lock(tmp_path / "stage", wait=False):  # released: free again
         pass
-
-
-def test_shared_only_computes_the_warmup_pool_gradients_and_full_fine_tune_and_nothing_else(tmp_path, demo_files):
-    config = tiny_config(tmp_path / "run", demo_files, **{"warmup.epochs": 1})
-    config_file = tmp_path / "compare.yaml"
-    body = json.loads(json.dumps(__import__("dataclasses").asdict(config)))
-    body["compare"] = {"methods": ["random", "rose", "less", "full"], "budgets": [], "shots": {}}
-    config_file.write_text(json.dumps(body))
-    assert main(["compare", "--shared-only", str(config_file)]) == 0
-    manifests = (tmp_path / "run/cache").glob("*/manifest.json")
-    done = {m.parent.name.rsplit("-", 1)[0] for m in manifests if json.loads(m.read_text()).get("complete")}
-    assert done == {"warmup", "val-grads", "train-grads", "score", "select", "finetune"}
-    assert not (tmp_path / "run/compare/results.json").exists()

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from conftest import FOLDERS, tiny_config
 
 from rose.demo import PLANTED, planted_precision
 from rose.errors import RunDirError
+from rose.grads import oracle
+from rose.grads.adam import adam_direction
+from rose.models import lora_parameters
 from rose.pipeline import run_stages
 from rose.stages import STAGES
 from rose.store import MANIFEST, read_json
@@ -27,14 +31,15 @@ def test_every_stage_writes_complete_outputs(finished_run):
     assert np.allclose(np.linalg.norm(train.astype(np.float64), axis=1), 1, atol=2e-3)
     val = np.load(run_dir / "grads/val/epoch-1/grads.npy")
     assert val.shape == (4, 2048) and np.allclose(np.linalg.norm(val, axis=1), 1, atol=1e-5)
-    assert np.load(run_dir / "scores/scores.npy").shape == (n,)
+    scores = np.load(run_dir / "scores/scores.npy")  # its values: test_stage_math
     selected = [json.loads(line) for line in (run_dir / "selection/selected.jsonl").read_text().splitlines()]
     assert len(selected) == round(0.125 * n) and all(set(r) == {"dataset", "id", "messages"} for r in selected)
-    summary = read_json(run_dir / "summary.json")
-    assert 0 <= summary["heldout_pref_acc"] <= 1 and summary["n_pairs"] == 8 and summary["golden_nll"] > 0
-    assert summary["val_dpo_loss"] > 0 and 0 <= summary["length_norm_pref_acc"] <= 1
+    assert {r["id"] for r in selected} == {run.pool.records[i].id for i in np.argsort(-scores)[: len(selected)]}  # the top scores
+    summary, metrics = read_json(run_dir / "summary.json"), read_json(run_dir / "eval/metrics.json")  # metrics: test_evaluate
+    assert {k: summary[k] for k in metrics} == metrics and summary["n_pairs"] == 8
     assert summary["golden_nll"] < summary["base_golden_nll"]  # fine-tuning on the planted skill helps its answers
-    assert (run_dir / "report.md").read_text().startswith("# rose run")
+    report = (run_dir / "report.md").read_text()
+    assert report.startswith("# rose run") and f"| heldout_pref_acc | {summary['heldout_pref_acc']:.4f} |" in report
     assert "warmup" in summary["stage_seconds"]
 
 
@@ -48,9 +53,7 @@ def test_selection_prefers_the_planted_skill(finished_run):
 def test_rerun_skips_finished_stages_and_later_stages_follow_config_changes(finished_run, demo_files):
     run_dir, config, _ = finished_run
     before = {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
-    start = time.perf_counter()
     run_stages(config)
-    assert time.perf_counter() - start < 30
     assert before == {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
     with pytest.raises(RunDirError, match="another config"):
         run_stages(tiny_config(run_dir, demo_files, **{"select.fraction": 0.5}), ["select"])
@@ -69,7 +72,25 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _oracle_cosines(run, rows: int) -> np.ndarray:
+    """[rows, M] cosines of the first pool examples' Adam directions with the validation pairs' DPO
+    gradients at the first checkpoint, from plain autograd one example at a time."""
+    ckpt = run.checkpoints()[0]
+    run.model.load_adapter(ckpt.adapter)
+    model, pad = run.model.model, run.model.pad_id
+    params = list(lora_parameters(model).values())
+    ref = torch.from_numpy(np.load(run.dir / "base_logprobs/validation_logps.npy"))
+    val = torch.stack(list(oracle.dpo_grads(model, params, run.validation.encoded, ref, run.config.gradients.dpo_beta, pad)))
+    train = torch.stack(list(oracle.sft_grads(model, params, run.pool.encoded[:rows], pad)))
+    train = adam_direction(train.detach(), ckpt.moments(run.model.param_names))
+    return (F.normalize(train.double(), dim=1) @ F.normalize(val.detach().double(), dim=1).T).numpy()
+
+
 def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(finished_run, demo_files, tmp_path):
+    """Exact scoring stores the oracle's cosines, and the projected scores lie within the sketch's
+    noise of the exact ones. At d = 2048 that noise is ~1/sqrt(d) per cosine (measured: 0.017, on
+    scores whose spread is 0.024), so ranks agree only so far (Spearman 0.88 measured; 0.82 for an
+    exact mode that forgets the Adam direction, which the oracle check and the distance catch)."""
     run_dir, _, run = finished_run
     planted = np.array([e.source == PLANTED for e in run.pool.records])
     projected = np.load(run_dir / "scores/scores.npy")
@@ -77,12 +98,13 @@ def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(fini
     variants = {"exact": {"gradients.projection": "none", "warmup.resume_every": 7}, "less": {"select.method": "less"}}
     for name, overrides in variants.items():
         shutil.copytree(run_dir / "warmup", tmp_path / name / "warmup")  # same key: reused, not retrained
-        run_stages(tiny_config(tmp_path / name, demo_files, **overrides), ["warmup", "base-logprobs", "val-grads", "train-grads", "score"])
+        variant = run_stages(tiny_config(tmp_path / name, demo_files, **overrides), ["warmup", "base-logprobs", "val-grads", "train-grads", "score"])
         scores = np.load(tmp_path / name / "scores/scores.npy")
         assert planted[np.argsort(-scores)[: planted.sum()]].mean() >= 0.5  # base rate 1/8
-        assert _spearman(scores, projected) > 0.3
         if name == "exact":  # shards hold cosines with the 4 validation pairs, not projections
-            first_shard = sorted((tmp_path / name / "grads/train/epoch-1").glob("shard-*.npy"))[0]
-            assert np.load(first_shard).shape[1] == 4
+            first_shard = np.load(sorted((tmp_path / name / "grads/train/epoch-1").glob("shard-*.npy"))[0])
+            assert np.abs(first_shard[:4] - _oracle_cosines(variant, 4)).max() < 1e-4  # measured 1.4e-6; 0.044 without Adam
+            assert np.sqrt(np.mean((scores - projected) ** 2)) < 1 / np.sqrt(2048)  # measured 0.014; 0.028 without Adam
+            assert _spearman(scores, projected) > 0.8
         else:
-            assert not np.allclose(scores, projected)
+            assert _spearman(scores, projected) > 0.3 and not np.allclose(scores, projected)

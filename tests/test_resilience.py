@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,26 +28,59 @@ def _manifests(run_dir: Path) -> dict[str, int]:
     return {str(m): m.stat().st_mtime_ns for m in run_dir.rglob(MANIFEST)}
 
 
+# `rose train-grads CONFIG` that stops once the third pool-gradient shard is written under its
+# temporary name (not yet renamed into place), says so on stdout and waits there to be killed
+STOP_IN_THIRD_SHARD = """
+import sys
+import numpy as np
+from pathlib import Path
+from rose.cli import main
+
+save, shards = np.save, []
+
+def save_then_stop(file, array, *args, **kwargs):
+    save(file, array, *args, **kwargs)
+    if Path(getattr(file, "name", str(file))).name.startswith("shard-"):
+        shards.append(file)
+        if len(shards) == 3:
+            file.flush()
+            print("stopped", flush=True)
+            sys.stdin.read()
+
+np.save = save_then_stop
+sys.exit(main(["-q", "train-grads", sys.argv[1]]))
+"""
+
+
 def test_sigkill_during_gradients_then_rerun_gives_the_same_selection(finished_run, demo_files, tmp_path):
+    """SIGKILL while a shard is written (at a fixed point, not a time): nothing partial counts as
+    finished, the rerun keeps the finished shards, and it selects the bytes of an uninterrupted run."""
     reference_dir, _, _ = finished_run
     config = tiny_config(tmp_path / "run", demo_files)  # 3 shards of 16 per checkpoint
     cfg = _write_config(tmp_path / "run.yaml", config)
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "rose", "run", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for folder in ("warmup", "base_logprobs", "grads/val"):  # same config: finished_run's, reused by key
+        shutil.copytree(reference_dir / folder, tmp_path / "run" / folder)
+    log = tmp_path / "child.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", STOP_IN_THIRD_SHARD, str(cfg)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 900)  # a safety net against a hang only
+        assert ready and proc.stdout.readline() == "stopped\n", log.read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
     shards = tmp_path / "run/grads/train/epoch-1"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(shards.glob("shard-*.npy"))) < 2:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     manifest = json.loads((tmp_path / "run/grads/train" / MANIFEST).read_text())
     assert manifest["complete"] is False  # nothing partial looks finished
-    assert not (tmp_path / "run/scores").exists()
     kept = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.npy")}
-    assert main(["run", str(cfg)]) == 0
+    assert len(kept) == 2 and list(shards.glob(".shard-*/shard-*.npy"))  # the third is only under its temporary name
+    for stage in ("train-grads", "score", "select"):  # the same commands again
+        assert main([stage, str(cfg)]) == 0
     assert all(shards.joinpath(n).stat().st_mtime_ns == t for n, t in kept.items())  # finished shards were reused
+    assert len(list(shards.glob("shard-*.npy"))) == 3
     # same seed, same inputs: the uninterrupted run in another folder selected the same bytes
     assert (tmp_path / "run/selection/selected.jsonl").read_bytes() == (reference_dir / "selection/selected.jsonl").read_bytes()
 

@@ -93,19 +93,23 @@ def write_exports(out_dir: Path, pool: Sequence[Example], indices: np.ndarray, s
     - scores.parquet, scores.csv: every pool example ranked by score (`score_table`)
     `indices`: the selected pool indices, best first; `score_dir`: the score stage's folder.
     """
-    import datasets
-    import pyarrow.csv
-    import pyarrow.parquet
-
     out_dir = Path(out_dir)
     scores = np.load(score_dir / "scores.npy")
     info = write_selection(out_dir, pool, indices, scores, read_json(score_dir / "scores.json")["method"])
+    write_jsonl(out_dir / "sft.jsonl", sft_rows(pool[i] for i in indices))
+    try:
+        import datasets
+        import pyarrow.csv
+        import pyarrow.parquet
+    except ImportError as e:  # the jsonl files above are the selection; the tables are for the HF tools
+        log.warning("selection: %s is not installed, so no selected.parquet, selected/ or scores table "
+                    "(pip install datasets pyarrow)", e.name)
+        return info
     selected = rows_table([pool[i].row for i in indices])
     with atomic_path(out_dir / "selected.parquet") as tmp:
         pyarrow.parquet.write_table(selected, tmp)
     with atomic_path(out_dir / "selected") as tmp:
         datasets.Dataset(selected).save_to_disk(str(tmp))
-    write_jsonl(out_dir / "sft.jsonl", sft_rows(pool[i] for i in indices))
     ranked = score_table(score_dir, pool)
     with atomic_path(out_dir / "scores.parquet") as tmp:
         pyarrow.parquet.write_table(ranked, tmp)

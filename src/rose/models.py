@@ -15,12 +15,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import socket
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import huggingface_hub
 import huggingface_hub.constants
@@ -33,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .config import LoraConfig, ModelConfig
 from .distributed import part_like
 from .errors import ConfigError, InputError
+from .hub import hub_reachable
 from .sources import source_digest
 from .store import atomic_path, folder_lock, load_tensors
 
@@ -131,22 +129,6 @@ def _hub_model(name: str, revision: str | None) -> str:
                          f"network (`hf download {name}`) or give a local model folder, and set HF_HUB_OFFLINE=1 "
                          "on machines without network", field="model.name")
     return name
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint (or the proxy in front of it) opens within
-    `timeout` seconds; False at once under HF_HUB_OFFLINE."""
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        return False
-    endpoint = urlsplit(huggingface_hub.constants.ENDPOINT)
-    proxy = urllib.request.getproxies().get(endpoint.scheme)
-    target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(endpoint.hostname or "") else endpoint
-    port = target.port or (443 if target.scheme == "https" else 80)
-    try:
-        socket.create_connection((target.hostname, port), timeout=timeout).close()
-    except (OSError, UnicodeError):
-        return False
-    return True
 
 
 def pick_device(spec: str) -> torch.device:
