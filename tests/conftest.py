@@ -72,6 +72,16 @@ def tiny_llama(vocab_size: int, dtype: torch.dtype = torch.float32, seed: int = 
     return LlamaForCausalLM(config).to(dtype).eval()
 
 
+@pytest.fixture
+def one_thread():
+    """A 32-wide model's ops are too small to split between threads: with two, every op waits for
+    both to be scheduled, which under CPU load costs far more than the work (15 s against 1 s here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def lora_model(dtype: str = "float32", r: int = 4, seed: int = 0):
     """A fresh SmolLM2 with LoRA whose B matrices are non-zero, so policy != reference."""
     torch.manual_seed(seed)

@@ -34,14 +34,7 @@ def _train(tokenizer, examples, out, seed=0):
     return model, ckpts
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A 32-wide model's ops are too small to split between threads: with two, every op waits for
-    both to be scheduled, which under CPU load costs far more than the work (15 s against 1 s here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

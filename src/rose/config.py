@@ -178,6 +178,16 @@ class ModelConfig(Section):
                                     "docs/benchmarks.md). Set false if compilation fails for your model or platform.")
     kwargs: dict[str, Any] = _f({}, "Extra keyword arguments for the model's from_pretrained, e.g. "
                                     "{attn_implementation: sdpa} or a quantization_config mapping.")
+    shard: str = _f("none", "How several processes (torchrun) hold the model: none (each holds all of it; training is "
+                            "data-parallel, DDP) or fsdp (FSDP2 shards every decoder layer over the processes, so a model "
+                            "too large for one GPU runs; every stage that runs the model then runs on every process). "
+                            "Results are the same either way.", check=one_of("none", "fsdp"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.shard == "fsdp" and "quantization_config" in self.kwargs:
+            raise ConfigError("shard: fsdp cannot shard quantized base weights (model.kwargs.quantization_config); "
+                              "use one or the other")
 
 
 @dataclass

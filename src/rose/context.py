@@ -26,7 +26,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 
 from .config import LoraConfig, ModelConfig, RunConfig
-from .distributed import Dist
+from .distributed import Dist, part_like
 from .encoding import encode_example, encode_pair, encode_test
 from .errors import InputError, PromptTooLong, RunDirError
 from .inputs import RunInputs
@@ -39,6 +39,7 @@ from .models import (
     load_tokenizer,
     lora_parameters,
     set_adapter_dtype,
+    shard_model,
 )
 from .selectors import Selector, get_selector
 from .stages import STAGES
@@ -71,10 +72,12 @@ class Loaded:
 
 class ModelHandle:
     """The base model with LoRA adapters, loaded once: stages load adapter weights into it, start
-    fresh adapters for training, or switch adapters off for the base model (`model.disable_adapter()`)."""
+    fresh adapters for training, or switch adapters off for the base model (`model.disable_adapter()`).
+    `sharded`: its decoder layers are sharded over the processes (model.shard=fsdp under torchrun)."""
 
-    def __init__(self, model_config: ModelConfig, lora: LoraConfig, seed: int, device: torch.device) -> None:
-        self.config, self.lora, self.seed, self.device = model_config, lora, seed, device
+    def __init__(self, model_config: ModelConfig, lora: LoraConfig, seed: int, device: torch.device,
+                 sharded: bool = False) -> None:
+        self.config, self.lora, self.seed, self.device, self.sharded = model_config, lora, seed, device, sharded
 
     @cached_property
     def tokenizer(self):
@@ -87,9 +90,15 @@ class ModelHandle:
     @cached_property
     def model(self) -> PeftModel:
         """The base model with (freshly initialised, seeded) LoRA adapters; on a GPU with
-        model.compile_blocks, its LoRA-free blocks compiled for every pass that follows."""
+        model.compile_blocks, its LoRA-free blocks compiled for every pass that follows.
+
+        A sharded model is read into host memory, given its fresh adapters whole (kept, see
+        `fresh_adapters`), then sharded onto the device layer by layer."""
         torch.manual_seed(self.seed)
-        model = add_lora(load_model(self.config, self.device), self.lora, self.config.revision)
+        model = add_lora(load_model(self.config, self.device, on_host=self.sharded), self.lora, self.config.revision)
+        if self.sharded:
+            self._fresh = {name: p.detach().clone() for name, p in self._reset_adapters(model).items()}
+            shard_model(model, self.device)
         quantized = getattr(model.get_base_model(), "hf_quantizer", None) is not None  # its kernels are not traced
         if self.config.compile_blocks and self.device.type == "cuda" and not quantized and (n := compile_lora_free_blocks(model)):
             log.info("compiled %d LoRA-free decoder blocks", n)
@@ -106,18 +115,32 @@ class ModelHandle:
         return [p.numel() for p in lora_parameters(self.model).values()]
 
     def fresh_adapters(self) -> PeftModel:
-        """Re-initialise the adapters (seeded) in float32, for a training run from the base model."""
-        torch.manual_seed(self.seed)
-        set_adapter_dtype(self.model, torch.float32)
-        for module in self.model.modules():
-            if hasattr(module, "reset_lora_parameters"):
-                module.reset_lora_parameters("default", True)
+        """Re-initialise the adapters (seeded) in float32, for a training run from the base model. A
+        sharded model takes its part of the weights drawn whole before it was sharded: drawn on the
+        parts, the random numbers would differ from one process's."""
+        if not self.sharded:
+            self._reset_adapters(self.model)
+            return self.model
+        with torch.no_grad():
+            for name, p in lora_parameters(self.model).items():
+                p.copy_(part_like(self._fresh[name], p))
         return self.model
 
+    def _reset_adapters(self, model: PeftModel) -> dict[str, torch.nn.Parameter]:
+        """Fresh seeded float32 adapters, as `get_peft_model` draws them; returns the LoRA weights."""
+        torch.manual_seed(self.seed)
+        set_adapter_dtype(model, torch.float32)
+        for module in model.modules():
+            if hasattr(module, "reset_lora_parameters"):
+                module.reset_lora_parameters("default", True)
+        return lora_parameters(model)
+
     def load_adapter(self, adapter: Path) -> None:
-        """Saved adapter weights, for inference or gradients (in the base model's dtype)."""
+        """Saved adapter weights, for inference or gradients (in the base model's dtype; a sharded
+        model's float32 parts are gathered in it, `models.shard_model`)."""
         load_adapter_weights(self.model, adapter)
-        set_adapter_dtype(self.model, self.model.get_base_model().dtype)
+        if not self.sharded:
+            set_adapter_dtype(self.model, self.model.get_base_model().dtype)
         self.model.eval()
 
 
@@ -170,10 +193,16 @@ class Run:
     # --------------------------------------------------------------------------- model and inputs
 
     @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over this run's processes (model.shard=fsdp under torchrun):
+        then every stage that runs it runs on every process, in step (`stages.execute`)."""
+        return self.config.model.shard == "fsdp" and self.dist.world > 1
+
+    @property
     def model(self) -> ModelHandle:
         c = self.config
         key = ("model", fingerprint([c.model, c.lora, c.seed]), str(self.device))
-        return self.loaded.get(key, lambda: ModelHandle(c.model, c.lora, c.seed, self.device))
+        return self.loaded.get(key, lambda: ModelHandle(c.model, c.lora, c.seed, self.device, self.sharded))
 
     @property
     def pool(self) -> EncodedSet:

@@ -58,8 +58,8 @@ class KeyParts:
     def __init__(self, config: RunConfig, digests: InputDigests, upstream: Mapping[str, str]) -> None:
         self.config, self._upstream = config, upstream
         c = config
-        # a run may move between devices; compiling blocks changes speed, not results
-        self.model = {k: v for k, v in asdict(c.model).items() if k not in ("device", "compile_blocks")}
+        # a run may move between devices; compiling blocks and sharding the model change speed and memory, not results
+        self.model = {k: v for k, v in asdict(c.model).items() if k not in ("device", "compile_blocks", "shard")}
         self.pool = fingerprint([digests.pool, c.data.pool_limit, c.data.columns, c.data.response_template, c.seed, self.model])
         self.validation = fingerprint([self.model, c.seed, asdict(c.data.validation), digests.validation, c.data.empty_responses])
         # the held-out set depends on the validation prompts only when those are excluded from it

@@ -28,6 +28,7 @@ from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import LoraConfig, ModelConfig
+from .distributed import part_like
 from .errors import ConfigError, InputError
 from .hub import hub_reachable
 from .sources import source_digest
@@ -165,8 +166,9 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(cfg: ModelConfig, device: torch.device | None = None) -> PreTrainedModel:
-    """Load the frozen base model in eval mode on `device` (default: from the config)."""
+def load_model(cfg: ModelConfig, device: torch.device | None = None, on_host: bool = False) -> PreTrainedModel:
+    """Load the frozen base model in eval mode on `device` (default: from the config). `on_host`:
+    leave it in host memory, in the dtype chosen for `device`, to be sharded onto it (`shard_model`)."""
     device = device or pick_device(cfg.device)
     options = pretrained_options(cfg, device)
     source = resolve_model(cfg.name, cfg.revision)
@@ -178,7 +180,7 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> PreTrain
         raise InputError(source, f"cannot load model weights ({type(e).__name__}: {_first_line(e)})", field="model.name") from e
     model.requires_grad_(False)
     model.name_or_path = base_model_name(cfg.name, source)  # what peft writes into every adapter it saves
-    return (model if "device_map" in options else model.to(device)).eval()
+    return (model if "device_map" in options or on_host else model.to(device)).eval()
 
 
 def pretrained_options(cfg: ModelConfig, device: torch.device) -> dict[str, Any]:
@@ -265,8 +267,10 @@ def add_lora(model: PreTrainedModel, cfg: LoraConfig, revision: str | None = Non
 
 
 def load_adapter_weights(model: PeftModel, adapter_dir: str | Path) -> None:
-    """Load saved adapter weights into an already-wrapped model (keeps one base model in memory)."""
-    weights = load_tensors(Path(adapter_dir) / "adapter_model.safetensors")
+    """Load saved adapter weights into an already-wrapped model (keeps one base model in memory); a
+    sharded model (model.shard=fsdp) keeps its part of each."""
+    like = next(iter(lora_parameters(model).values()))  # every LoRA weight is sharded alike, or none is
+    weights = {k: part_like(v, like) for k, v in load_tensors(Path(adapter_dir) / "adapter_model.safetensors").items()}
     result = set_peft_model_state_dict(model, weights)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing:
@@ -300,11 +304,50 @@ def compile_lora_free_blocks(model: PeftModel) -> int:
     Shapes are dynamic (packs differ in length), so one compilation serves every pack.
     """
     decoder = model.get_base_model().get_decoder()
-    layers = [layer for child in decoder.children() if isinstance(child, torch.nn.ModuleList) for layer in child]
-    blocks = [child for layer in layers for child in layer.children()
+    blocks = [child for layer in decoder_layers(model) for child in layer.children()
               if not is_attention(child) and not any("lora_" in n for n, _ in child.named_modules())]
     blocks += [child for child in decoder.children() if "Norm" in type(child).__name__]  # norm, final_layer_norm
     todo = [b for b in blocks if getattr(b, "_compiled_call_impl", None) is None]  # set by Module.compile
     for block in todo:
         block.compile(dynamic=True)
     return len(todo)
+
+
+def decoder_layers(model: PeftModel) -> list[torch.nn.Module]:
+    """The decoder's layers (the modules of its ModuleList children), in order."""
+    decoder = model.get_base_model().get_decoder()
+    return [layer for child in decoder.children() if isinstance(child, torch.nn.ModuleList) for layer in child]
+
+
+def shard_model(model: PeftModel, device: torch.device) -> None:
+    """Shard every decoder layer over the processes with FSDP2 (`fully_shard`), in place, for
+    model.shard=fsdp: each process keeps 1/world of each layer's weights on `device`, and a layer's
+    whole weights exist only while it runs. The rest (embeddings, final norm, LM head: a few percent
+    of a large model) is moved to `device` whole on every process.
+
+    The decoder is FSDP's root, holding no weights of its own: FSDP gathers and frees layers, and
+    reduce-scatters their gradients in backward, only for passes that enter through its root, and
+    every pass enters through the decoder (rose's packed passes call it and then the LM head; the
+    model's own forward and `generate` call it too). The LoRA weights stay float32 parts (AdamW's);
+    under a 16-bit base model FSDP gathers them in the base dtype, as `set_adapter_dtype` casts the
+    whole ones, and reduces their gradients in float32.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    layers = decoder_layers(model)
+    inside = {id(t) for layer in layers for t in (*layer.parameters(), *layer.buffers())}
+    kept_whole = [p for p in model.parameters() if id(p) not in inside]
+    outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+    if outside:  # kept whole, each process would train its own copy
+        raise ConfigError(f"model.shard: fsdp trains LoRA weights inside the decoder layers only; lora.target_modules "
+                          f"also adapts {outside[0]}")
+    for t in (*kept_whole, *(b for b in model.buffers() if id(b) not in inside)):
+        t.data = t.data.to(device)
+    dtype = model.get_base_model().dtype
+    policy = MixedPrecisionPolicy(param_dtype=dtype if dtype.itemsize < 4 else None, reduce_dtype=torch.float32,
+                                  cast_forward_inputs=False)
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model.get_base_model().get_decoder(), mesh=mesh, mp_policy=policy, ignored_params=set(kept_whole))

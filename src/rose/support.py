@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from peft import PeftModel
 
+from .distributed import whole_gradients
 from .encoding import Encoded
 from .errors import ConfigError
 from .grads.engine import per_example_grads, sequence_logprobs
@@ -82,7 +83,7 @@ def _measure(model: PeftModel, sequences: list[Encoded]) -> SupportErrors:
         logits = model(input_ids=ids, use_cache=False, logits_to_keep=len(seq) - seq.n_prompt + 1).logits[0, :-1].float()
         logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, seq.n_prompt :, None]).sum()
         loss = sft_losses(logp[None], torch.tensor([len(seq) - seq.n_prompt], device=device)).sum()
-        want = torch.cat([g.float().flatten() for g in torch.autograd.grad(loss, params)])
+        want = torch.cat([g.float().flatten() for g in whole_gradients(loss, params)])
         logprob = max(logprob, abs(float(got_logp) - float(logp.detach())) / int(n))
         gradient = max(gradient, float((got_grad - want).norm() / want.norm().clamp(min=1e-30)))
     return SupportErrors(logprob, gradient)

@@ -6,7 +6,9 @@ and the learning rate of every step of that epoch. A `resume` folder of the same
 every `resume_every` steps inside an epoch, so a long epoch (a full-pool fine-tune) survives being
 stopped. Every step draws its dropout masks from a seed of its own, so a resumed run ends with the
 weights an uninterrupted one would have. Under torchrun the model is wrapped in DDP and each
-process takes its share of every batch.
+process takes its share of every batch. A model sharded over the processes (model.shard=fsdp)
+exchanges gradients through FSDP2 instead, and every process makes the same number of passes per
+step; its checkpoints are gathered whole and written as an unsharded model's are.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from peft.helpers import disable_input_dtype_casting
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .distributed import Dist
+from .distributed import Dist, is_sharded, part_like, whole
 from .encoding import Encoded, collate, pack, token_batches, token_packs
 from .grads.adam import AdamMoments
 from .grads.losses import ResponseLogprobs, sft_losses
@@ -111,6 +113,7 @@ def train_lora(
         _restore(model, optimizer, checkpoints[done - 1], params)
         log(f"resuming after epoch {done} from {checkpoints[done - 1].path}")
     trainer = dist_ctx.wrap(ResponseLogprobs(model))
+    sharded, packed = is_sharded(model), device.type == "cuda"
     # Under a 16-bit base model the forward runs in that dtype over the float32 LoRA weights: autocast
     # casts each weight once per forward, and peft's own cast of every adapter input to float32 (a
     # copy of each activation, then float32 products) is switched off. Weights, gradients and AdamW
@@ -130,9 +133,11 @@ def train_lora(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                mine = batch[dist_ctx.rank :: dist_ctx.world]
-                loss_sum = _accumulate(trainer, [examples[i] for i in mine], examples[batch[0]], cfg.micro_batch_tokens,
-                                       len(batch) / dist_ctx.world, pad_id, device, autocast_dtype, packed=device.type == "cuda")
+                shares = [[examples[i] for i in batch[r :: dist_ctx.world]] for r in range(dist_ctx.world)]
+                # a sharded model's passes are collectives: every process makes as many as the busiest one
+                passes = max(len(micro_batches(rows, cfg.micro_batch_tokens, packed)) for rows in shares) if sharded else 1
+                loss_sum = _accumulate(trainer, shares[dist_ctx.rank], examples[batch[0]], cfg.micro_batch_tokens,
+                                       len(batch) / dist_ctx.world, pad_id, device, autocast_dtype, packed, passes)
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
                 optimizer.step()
@@ -144,13 +149,16 @@ def train_lora(
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(step_losses[-1]) * dist_ctx.world:.3f}")
                 if cfg.resume_every and (step + 1) % cfg.resume_every == 0 and step + 1 < steps_per_epoch:
                     losses = dist_ctx.sum(torch.stack(step_losses)).tolist()
+                    state = _whole_state(optimizer, params)
                     if dist_ctx.is_main:
-                        _save(model, optimizer, params, resume_point, cfg, epoch, global_step + 1, lrs, losses)
+                        _save(model, state, resume_point, cfg, epoch, global_step + 1, lrs, losses)
                     dist_ctx.barrier()
             losses = dist_ctx.sum(torch.stack(step_losses)).tolist()
+            keep = save_checkpoints or epoch == cfg.epochs - 1
+            state = _whole_state(optimizer, params) if keep else None
             if dist_ctx.is_main:
-                if save_checkpoints or epoch == cfg.epochs - 1:
-                    _save(model, optimizer, params, checkpoints[epoch], cfg, epoch + 1, global_step + 1, lrs, losses)
+                if keep:
+                    _save(model, state, checkpoints[epoch], cfg, epoch + 1, global_step + 1, lrs, losses)
                 shutil.rmtree(resume_point.path, ignore_errors=True)
             dist_ctx.barrier()
             first_step, lrs, step_losses = 0, [], []
@@ -164,16 +172,19 @@ def _step_seed(seed: int, global_step: int, rank: int) -> int:
 
 
 def _accumulate(trainer: torch.nn.Module, rows: Sequence[Encoded], filler: Encoded, micro_tokens: int, scale: float,
-                pad_id: int, device: torch.device, autocast_dtype: torch.dtype | None, packed: bool) -> torch.Tensor:
-    """Backward over micro-batches; returns this process's summed loss (for logging; a device tensor,
-    so that no step waits for the GPU).
+                pad_id: int, device: torch.device, autocast_dtype: torch.dtype | None, packed: bool,
+                passes: int = 1) -> torch.Tensor:
+    """Backward over micro-batches, at least `passes` of them; returns this process's summed loss (for
+    logging; a device tensor, so that no step waits for the GPU).
 
-    Each process divides by its share of the batch (`scale`); DDP then averages over processes,
-    so the gradient is the mean over the whole batch. A process with no rows in a short last batch
-    still joins the all-reduce, through `filler` with its loss multiplied by zero.
+    Each process divides by its share of the batch (`scale`); DDP (or FSDP2) then averages over
+    processes, so the gradient is the mean over the whole batch. A process with no rows in a short
+    last batch still joins the all-reduce, and one with fewer micro-batches than `passes` makes up
+    the difference, through `filler` with its loss multiplied by zero.
     """
     total = torch.zeros((), device=device)
     chunks = micro_batches(rows, micro_tokens, packed) or [[]]
+    chunks += [[]] * (passes - len(chunks))
     for k, chunk in enumerate(chunks):
         sync = k == len(chunks) - 1
         with (trainer.no_sync() if hasattr(trainer, "no_sync") and not sync else nullcontext()):
@@ -196,18 +207,26 @@ def micro_batches(rows: Sequence[Encoded], micro_tokens: int, packed: bool) -> l
     return [[rows[i] for i in idx] for idx in groups]
 
 
-def _save(model: PeftModel, optimizer: torch.optim.Optimizer, params: dict, ckpt: Checkpoint, cfg: TrainConfig,
+def _whole_state(optimizer: torch.optim.Optimizer, params: dict) -> tuple[dict, dict]:
+    """(LoRA weights, AdamW moments) by parameter name, whole. Those of a sharded model are gathered
+    from every process (a collective per tensor), so every process calls this; the main one saves."""
+    weights, moments = {}, {}
+    for name, p in params.items():
+        state = optimizer.state.get(p, {})
+        weights[name] = whole(p.detach())
+        moments[f"exp_avg.{name}"] = whole(state.get("exp_avg", torch.zeros_like(p)))
+        moments[f"exp_avg_sq.{name}"] = whole(state.get("exp_avg_sq", torch.zeros_like(p)))
+        moments[f"step.{name}"] = torch.as_tensor(float(state.get("step", 0)))
+    return weights, moments
+
+
+def _save(model: PeftModel, state: tuple[dict, dict], ckpt: Checkpoint, cfg: TrainConfig,
           epoch: int, step: int, lrs: list[float], losses: list[float]) -> None:
+    weights, moments = state
     with atomic_path(ckpt.path) as tmp:
         # the vocabulary is never resized, so no embedding weights to save; "auto" would ask the hub
         # about a base named by hub id at every checkpoint
-        model.save_pretrained(tmp / "adapter", save_embedding_layers=False)
-        moments = {}
-        for name, p in params.items():
-            state = optimizer.state.get(p, {})
-            moments[f"exp_avg.{name}"] = state.get("exp_avg", torch.zeros_like(p))
-            moments[f"exp_avg_sq.{name}"] = state.get("exp_avg_sq", torch.zeros_like(p))
-            moments[f"step.{name}"] = torch.as_tensor(float(state.get("step", 0)))
+        model.save_pretrained(tmp / "adapter", state_dict=weights, save_embedding_layers=False)
         save_tensors(tmp / "optimizer.safetensors", moments)
         write_json(tmp / "state.json", {
             "epoch": epoch, "global_step": step, "lrs": lrs, "losses": losses,
@@ -223,7 +242,7 @@ def _restore(model: PeftModel, optimizer: torch.optim.Optimizer, ckpt: Checkpoin
     for name, p in params.items():
         optimizer.state[p] = {
             "step": tensors[f"step.{name}"].clone(),
-            "exp_avg": tensors[f"exp_avg.{name}"].to(p.device, p.dtype),
-            "exp_avg_sq": tensors[f"exp_avg_sq.{name}"].to(p.device, p.dtype),
+            "exp_avg": part_like(tensors[f"exp_avg.{name}"].to(p.device, p.dtype), p),
+            "exp_avg_sq": part_like(tensors[f"exp_avg_sq.{name}"].to(p.device, p.dtype), p),
         }
 

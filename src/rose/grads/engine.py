@@ -107,19 +107,31 @@ def per_example_grads(
     loss: ItemLoss,
     batch_tokens: int,
     device: torch.device,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[tuple[list[int], Iterator[torch.Tensor]]]:
     """Yield (indices into `items`, each item's gradient of `loss`, one LoRA weight at a time: [B, D_k]).
 
     An item is one sequence (`SFTLoss`) or a preference pair (`DPOLoss`: chosen and rejected are
     two sequences of the same pack, and the pair's gradient is the sum of theirs). Items are packed
     longest first into rows of at most `batch_tokens` tokens.
+
+    `world` > 1: a model sharded over `world` processes, each calling this with its `rank` on the
+    same items. Each takes every world-th pack, then repeats the last (usually smallest) pack, its results
+    dropped, until all have made the same number of passes: every pass gathers the sharded layers
+    from every process, in forward and in backward.
     """
     per_item = loss.sequences_per_item
+    packs = token_packs([sum(len(s) for s in loss.sequences(item)) for item in items], batch_tokens)
+    mine = packs[rank::world]
+    padding = -(-len(packs) // world) - len(mine)
     with LoraTaps(model, param_names) as taps:
-        for idx in token_packs([sum(len(s) for s in loss.sequences(item)) for item in items], batch_tokens):
+        for k, idx in enumerate(mine + packs[-1:] * padding):
             batch = _to(pack([s for i in idx for s in loss.sequences(items[i])]), device)
             grads = taps.per_example_grads(loss(*response_logprobs(model, batch), idx), batch)
-            if per_item == 1:
+            if k >= len(mine):
+                next(grads)  # runs the backward pass (its first segment's product is wasted), yields nothing
+            elif per_item == 1:
                 yield idx, grads
             else:  # sequences of one item are adjacent: sum them, in float32 or wider
                 yield idx, (g.view(len(idx), per_item, -1).to(torch.promote_types(g.dtype, torch.float32)).sum(1) for g in grads)

@@ -41,6 +41,12 @@ class Stage:
     loads_model: bool = True
     all_processes: bool = False  # under torchrun every process runs it (sharded or data-parallel work)
 
+    def on_every_process(self, run: Run) -> bool:
+        """Whether every process runs the body (otherwise the main process does, the others wait):
+        for sharded or data-parallel work, and, when the model is sharded over the processes
+        (model.shard=fsdp), for every stage that runs it, each of whose passes is a collective."""
+        return self.all_processes or (run.sharded and self.loads_model_for(run.selector))
+
     def reads_for(self, selector: Selector) -> set[str]:
         extra = {"validation"} if self.for_selector and selector.reads_validation else set()
         return set(self.reads) | extra
@@ -84,7 +90,7 @@ def work(examples: int, sequences: Iterable[Encoded], times: int = 1) -> dict:
 
 def execute(stage: Stage, run: Run) -> None:
     """Run one stage unless it is done: upstream checks, the folder claimed, the body on the main
-    process (or on every process), the manifest written last with wall time and peak GPU memory."""
+    process (or on every process, `Stage.on_every_process`), the manifest written last with wall time and peak GPU memory."""
     sd = run.stage_dir(stage.name)
     if sd.is_done():
         return
@@ -95,7 +101,7 @@ def execute(stage: Stage, run: Run) -> None:
         sd.begin()
     run.dist.barrier()
     meter = _Meter(run.device)
-    info = stage.run(run, sd) if stage.all_processes or main else {}
+    info = stage.run(run, sd) if main or stage.on_every_process(run) else {}
     run.dist.barrier()
     if main:
         sd.finish(**meter.read(), **info)

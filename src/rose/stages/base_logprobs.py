@@ -45,9 +45,10 @@ def base_logprobs(run: Run, sd: StageDir) -> dict:
 
     with run.model.model.disable_adapter():
         computed = response_logprobs_of(run)
-    for name, (logps, counts) in computed.items():
-        save_array(sd.path / f"{name}_logps.npy", logps)
-        save_array(sd.path / f"{name}_counts.npy", counts)
+    if run.dist.is_main:  # a sharded model's processes all compute them (`Stage.on_every_process`)
+        for name, (logps, counts) in computed.items():
+            save_array(sd.path / f"{name}_logps.npy", logps)
+            save_array(sd.path / f"{name}_counts.npy", counts)
     return {"sets": list(computed), **work(sum(len(getattr(run, name).encoded) for name in computed), sequences_of(run, computed))}
 
 

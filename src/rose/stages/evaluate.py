@@ -34,7 +34,8 @@ def evaluate(run: Run, sd: StageDir) -> dict:
             metrics["base_golden_nll"] = golden_nll(base, counts, subtasks).golden_nll
     if run.config.eval.judge.enabled:
         metrics.update(_judge(run, sd))
-    write_json(sd.path / "metrics.json", metrics)
+    if run.dist.is_main:  # a sharded model's processes all compute them (`Stage.on_every_process`)
+        write_json(sd.path / "metrics.json", metrics)
     sets = [name for name in ("heldout", "validation", "tests") if getattr(run, name).encoded]
     return {**{k: v for k, v in metrics.items() if not isinstance(v, dict)},
             **work(sum(len(getattr(run, name).encoded) for name in sets), sequences_of(run, sets))}
@@ -49,9 +50,11 @@ def _judge(run: Run, sd: StageDir) -> dict:
     settings = run.config.eval.judge
     tests = run.tests.records
     tests = [tests[i] for i in sample_indices(len(tests), settings.max_prompts, run.config.seed + 4)]
-    client = make_client(settings)  # fails early, before generating, when no key is set
+    client = make_client(settings) if run.dist.is_main else None  # fails early, before generating, when no key is set
     answers = generate_answers(run.model.model, run.model.tokenizer, [t.prompt for t in tests], settings.max_new_tokens,
                                run.device, run.config.eval.batch_size)
+    if client is None:  # a sharded model's processes all generate; the main process judges
+        return {}
     write_jsonl(sd.path / "judge_answers.jsonl", [{"id": t.id, "answer": a, "golden": t.golden} for t, a in zip(tests, answers)])
     result = win_rate(client, settings.model, [(question_text(t.prompt), a, t.golden) for t, a in zip(tests, answers)])
     return {f"judge_{k}": v for k, v in asdict(result).items()}

@@ -15,6 +15,8 @@ def score(run: Run, sd: StageDir) -> dict:
     from ..store import save_array, write_json
 
     result = run.selector.score(run)
+    if not run.dist.is_main:  # a sharded model's processes all run a method that runs it (`Stage.on_every_process`)
+        return {}
     save_array(sd.path / "scores.npy", result.scores)
     save_array(sd.path / "per_subtask.npy", result.per_subtask)
     write_json(sd.path / "scores.json", {"method": run.selector.name, "ids": [e.id for e in run.pool.records],

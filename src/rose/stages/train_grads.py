@@ -2,7 +2,9 @@
 
 Stored as projected unit vectors [N, d], or, with gradients.projection=none, as exact cosines
 [N, M] with the full validation gradients. Written in shards, each process taking every world-th
-shard; finished shards are kept, so a killed run resumes where it stopped.
+shard; finished shards are kept, so a killed run resumes where it stopped. A model sharded over the
+processes (model.shard=fsdp) needs every process in each pass: all walk every shard, each taking
+every world-th pack of it, and the main process writes the shard.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from . import Stage, register_stage, work
 from .val_grads import projector, validation_grads
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..context import Run
     from ..store import StageDir
 
@@ -21,8 +25,6 @@ def train_grads(run: Run, sd: StageDir) -> dict:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from ..grads import engine
-    from ..grads.losses import SFTLoss
     from ..grads.sinks import ExactCosines, ProjectedFeatures, RawGradients
     from ..store import save_array, shard_name, shard_ranges
 
@@ -33,7 +35,7 @@ def train_grads(run: Run, sd: StageDir) -> dict:
         run.require("val-grads")  # its manifest names the validation pairs the cosines are with
     features = None if exact else projector(run)
     shards = shard_ranges(len(encoded), cfg.shard_size)
-    mine = [s for i, s in enumerate(shards) if i % run.dist.world == run.dist.rank]
+    mine = shards if run.sharded else [s for i, s in enumerate(shards) if i % run.dist.world == run.dist.rank]
     bar = tqdm(total=len(ckpts) * sum(b - a for a, b in mine), desc="train gradients", unit="ex", disable=not run.dist.is_main)
     for ckpt in ckpts:
         folder = sd.path / ckpt.path.name
@@ -50,14 +52,36 @@ def train_grads(run: Run, sd: StageDir) -> dict:
             sink = ProjectedFeatures(features, moments)
         for start, stop in todo:
             # unit vectors lose nothing that matters in float16; cosines stay float32
-            out = np.zeros((stop - start, sink.out_dim), dtype=np.float32 if exact else np.float16)
-            for idx, parts in engine.per_example_grads(model.model, model.param_names, encoded[start:stop], SFTLoss(), cfg.batch_tokens, run.device):
-                out[idx] = sink(parts).float().cpu().numpy()
-                bar.update(len(idx))
-            save_array(folder / shard_name(start, stop), out)
+            out = _shard_features(run, sink, encoded[start:stop], np.float32 if exact else np.float16, bar)
+            if run.dist.is_main or not run.sharded:
+                save_array(folder / shard_name(start, stop), out)
     bar.close()
     return {"n": len(encoded), "shard_size": cfg.shard_size, "exact": exact, "checkpoints": [c.path.name for c in ckpts],
             **work(len(encoded), encoded, len(ckpts))}
+
+
+def _shard_features(run: Run, sink, items: list, dtype, bar) -> np.ndarray:
+    """[len(items), sink.out_dim]: one shard's rows through `sink`. A sharded model's processes each
+    compute every world-th pack (`engine.per_example_grads`) and sum their rows, which are zero
+    where another process computed them, so the sum is exact."""
+    import numpy as np
+    import torch
+
+    from ..grads import engine
+    from ..grads.losses import SFTLoss
+
+    cfg, model = run.config.gradients, run.model
+    rank, world = (run.dist.rank, run.dist.world) if run.sharded else (0, 1)
+    out, done = np.zeros((len(items), sink.out_dim), dtype=dtype), 0
+    for idx, parts in engine.per_example_grads(model.model, model.param_names, items, SFTLoss(), cfg.batch_tokens, run.device,
+                                               rank, world):
+        out[idx] = sink(parts).float().cpu().numpy()
+        bar.update(len(idx))
+        done += len(idx)
+    if world == 1:
+        return out
+    bar.update(len(items) - done)  # the other processes' rows
+    return run.dist.sum(torch.from_numpy(out)).numpy().astype(dtype)
 
 
 def _key(k) -> list:

@@ -66,9 +66,11 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     if run.config.gradients.projection == "none":  # exact scoring takes full validation gradients in train-grads
         return info
     sink = ProjectedFeatures(projector(run))
-    for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt"):
+    for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt", disable=not run.dist.is_main):
         run.model.load_adapter(ckpt.adapter)
-        save_array(sd.path / ckpt.path.name / "grads.npy", validation_grads(run, sink).float().numpy())
+        grads = validation_grads(run, sink)
+        if run.dist.is_main:  # a sharded model's processes all compute them (`Stage.on_every_process`)
+            save_array(sd.path / ckpt.path.name / "grads.npy", grads.float().numpy())
     items, _ = validation_items(run)
     sequences = [s for item in items for s in (item if isinstance(item, tuple) else (item,))]
     return {**info, **work(len(items), sequences, len(ckpts))}
