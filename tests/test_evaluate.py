@@ -10,7 +10,7 @@ from conftest import lora_model
 from own_forward import own_logps
 
 from rose.encoding import collate, encode
-from rose.evaluate import dpo_loss, golden_nll, preference_metrics
+from rose.evaluate import dpo_loss, golden_nll, pair_correctness, preference_metrics
 from rose.formats import Origin
 from rose.grads.engine import sequence_logprobs
 from rose.store import read_json
@@ -25,6 +25,7 @@ def test_preference_metrics_from_known_log_probs():
     assert res.heldout_pref_acc == pytest.approx((1 + 0 + 0.5 + 1) / 4)
     assert res.reward_margin == pytest.approx(0.5)
     assert res.per_subtask_acc == {"a": 0.5, "b": 0.75}
+    assert pair_correctness(tuned, base).tolist() == [1, 0, 0.5, 1]
     # per-token log-probs: (-1, -1.2), (-1, -2), (-2, -2), (-1, -3)
     assert res.length_norm_pref_acc == pytest.approx((1 + 1 + 0.5 + 1) / 4)
 
@@ -79,5 +80,6 @@ def test_evaluate_stage_metrics_are_those_of_plain_forwards(finished_run, base_m
     per_token = tuned["heldout"] / counts["heldout"]
     assert np.abs(margin).min() > 1e-2 and np.abs(per_token[0::2] - per_token[1::2]).min() > 1e-3  # no near ties
     assert metrics["heldout_pref_acc"] == np.mean(margin > 0)
+    assert np.load(run_dir / "eval/heldout_correct.npy").tolist() == (margin > 0).tolist()  # pair by pair, in order
     assert metrics["per_subtask_acc"] == {"all": np.mean(margin > 0)}
     assert metrics["length_norm_pref_acc"] == np.mean(per_token[0::2] > per_token[1::2])

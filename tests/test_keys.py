@@ -26,6 +26,7 @@ def test_each_change_reaches_its_stage_and_those_after_it_only():
     base = keys()
     assert changed(base, keys("select.fraction=0.1")) == {"select", "finetune", "evaluate"}
     assert changed(base, keys("finetune.lr=1e-3")) == {"finetune", "evaluate"}
+    assert changed(base, keys("finetune.seed=1")) == {"finetune", "evaluate"}  # another fine-tune of the same selection
     assert changed(base, keys("warmup.lr=1e-3")) == {"warmup", "val-grads", "train-grads", "score", "select", "finetune", "evaluate"}
     assert changed(base, keys("gradients.dpo_beta=0.2")) == {"val-grads", "score", "select", "finetune", "evaluate"}
     assert changed(base, keys("gradients.dim=1024")) == {"val-grads", "train-grads", "score", "select", "finetune", "evaluate"}
@@ -38,7 +39,8 @@ def test_each_change_reaches_its_stage_and_those_after_it_only():
 def test_what_does_not_change_results_is_not_in_the_keys():
     base = keys()
     for override in ("model.device=cpu", "warmup.resume_every=7", "gradients.batch_tokens=999", "model.compile_blocks=false",
-                     "model.shard=fsdp", "compare.random_seeds=[5]"):  # a sharded model gives the same results (test_fsdp.py)
+                     "model.shard=fsdp", "compare.random_seeds=[5]",
+                     "compare.finetune_seeds=[0,4]"):  # a sharded model gives the same results (test_fsdp.py)
         assert keys(override) == base, override
 
 

@@ -264,6 +264,12 @@ class WarmupConfig(TrainConfig):
 
 
 @dataclass
+class FinetuneConfig(TrainConfig):
+    seed: int = _f(0, "Fine-tune seed (adapter initialisation and example order), added to the run seed: "
+                      "compare.finetune_seeds fine-tunes one selection with several.", check=NON_NEGATIVE)
+
+
+@dataclass
 class GradientConfig(Section):
     projection: str = _f("sparse", "Random projection: sparse (balanced CountSketch), dense (Rademacher), or none "
                          "(exact cosines with the full validation gradients; stores [N, M] instead of [N, d]).",
@@ -314,7 +320,10 @@ class EvalConfig(Section):
 class CompareConfig(Section):
     methods: list[str] = _f(["rose", "less", "random", "bm25", "embedding", "full"], "Methods of the main comparison, all at "
                             "select.fraction.", check=each(known_method))
-    random_seeds: list[int] = _f([0, 1, 2], "Seeds of the random baseline (mean and spread are reported).", check=each(NON_NEGATIVE))
+    random_seeds: list[int] = _f([0, 1, 2], "Selection seeds of the random baseline (mean and spread are reported).", check=each(NON_NEGATIVE))
+    finetune_seeds: list[int] = _f([0], "Fine-tune seeds (finetune.seed) of every other method: several fine-tunes of its one "
+                                        "selection, for mean ± std and paired intervals; random takes the first.",
+                                   check=each(NON_NEGATIVE, nonempty=True))
     budgets: list[float] = _f([0.01, 0.05, 0.1, 0.2], "Data budgets (shares of the pool) for the budget sweep.", check=each(FRACTION))
     budget_methods: list[str] = _f(["rose", "less", "random"], "Methods of the budget sweep.", check=each(known_method))
     shots: dict[str, list[str]] = _f({}, "Few-shot sweep: name -> validation files (e.g. {'1': [...], '10': [...]}).", path=True)
@@ -335,7 +344,7 @@ class RunConfig(Section):
     warmup: WarmupConfig = field(default_factory=WarmupConfig, metadata={"help": "Warm-up training on a random share of the pool."})
     gradients: GradientConfig = field(default_factory=GradientConfig, metadata={"help": "Gradient collection and projection."})
     select: SelectConfig = field(default_factory=SelectConfig, metadata={"help": "Selection."})
-    finetune: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Final LoRA fine-tune on the selection."})
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig, metadata={"help": "Final LoRA fine-tune on the selection."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "`rose compare`: baselines and sweeps."})
 

@@ -36,10 +36,21 @@ def _right(margin: np.ndarray) -> np.ndarray:
     return np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
 
 
+def reward_margins(tuned: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """[P] implicit reward of the chosen response minus that of the rejected one."""
+    reward = np.asarray(tuned, np.float64) - np.asarray(base, np.float64)
+    return reward[:, 0] - reward[:, 1]
+
+
+def pair_correctness(tuned: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """[P] per held-out pair: 1 when the tuned model prefers the chosen response, 0.5 a tie, else 0.
+    Stored by the evaluate stage, so that `rose compare` can bootstrap differences pair by pair."""
+    return _right(reward_margins(tuned, base))
+
+
 def preference_metrics(tuned: np.ndarray, base: np.ndarray, counts: np.ndarray, subtasks: Sequence[str]) -> PreferenceResult:
     """tuned, base: [P, 2] summed log-probs of (chosen, rejected); counts: [P, 2] response tokens."""
-    reward = np.asarray(tuned, np.float64) - np.asarray(base, np.float64)
-    margin = reward[:, 0] - reward[:, 1]
+    margin = reward_margins(tuned, base)
     right = _right(margin)
     per_token = np.asarray(tuned, np.float64) / np.maximum(counts, 1)
     groups: dict[str, list[float]] = defaultdict(list)

@@ -15,17 +15,24 @@ if TYPE_CHECKING:
     from ..store import StageDir
 
 
+HELDOUT_CORRECT = "heldout_correct.npy"  # per held-out pair: 1 right, 0.5 tie, 0 wrong (`evaluate.pair_correctness`)
+
+
 def evaluate(run: Run, sd: StageDir) -> dict:
-    from ..evaluate import dpo_loss, golden_nll, preference_metrics
+    import numpy as np
+
+    from ..evaluate import dpo_loss, golden_nll, pair_correctness, preference_metrics
     from ..store import write_json
 
     tune = run.require("finetune")
     run.model.load_adapter(tune.path / tune.manifest()["adapter"])
     metrics: dict = {}
+    correct = None  # no held-out pairs: none
     for name, (logps, counts) in response_logprobs_of(run, ("heldout", "validation", "tests")).items():
         base = read_base_logprobs(run, name)
         if name == "heldout":
             metrics.update(asdict(preference_metrics(logps, base, counts, [p.subtask for p in run.heldout.records])))
+            correct = pair_correctness(logps, base)  # in the held-out set's order, the same in every variant of a task
         elif name == "validation":
             metrics["val_dpo_loss"] = dpo_loss(logps, base, run.config.gradients.dpo_beta)
         else:
@@ -36,6 +43,8 @@ def evaluate(run: Run, sd: StageDir) -> dict:
         metrics.update(_judge(run, sd))
     if run.dist.is_main:  # a sharded model's processes all compute them (`Stage.on_every_process`)
         write_json(sd.path / "metrics.json", metrics)
+        if correct is not None:
+            np.save(sd.path / HELDOUT_CORRECT, correct)
     sets = [name for name in ("heldout", "validation", "tests") if getattr(run, name).encoded]
     return {**{k: v for k, v in metrics.items() if not isinstance(v, dict)},
             **work(sum(len(getattr(run, name).encoded) for name in sets), sequences_of(run, sets))}
