@@ -16,12 +16,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from .config import RunConfig
 from .context import Run
 from .distributed import Dist
 from .pipeline import record_config, run_stages
 from .selectors import get_selector
 from .stages import STAGES, stages_for
+from .stages.evaluate import HELDOUT_CORRECT
 from .store import StageBusy, folder_lock, read_json, write_json
 
 log = logging.getLogger("rose")
@@ -34,36 +37,50 @@ class Variant:
     group: str  # "main", "budget" or "shots"
     method: str
     fraction: float
-    seed: int | None
+    seed: int | None  # selection seed (random)
+    finetune_seed: int
     shots: str | None
     config: RunConfig
 
 
+def runs_of(config: RunConfig, method: str) -> list[tuple[int | None, int]]:
+    """(selection seed, fine-tune seed) of each run of a method: random's selection seeds, each
+    fine-tuned with the first fine-tune seed, or, for every other method, its one selection (a
+    deterministic one) fine-tuned with each of compare.finetune_seeds."""
+    cmp = config.compare
+    if get_selector(method).seeded:
+        return [(seed, cmp.finetune_seeds[0]) for seed in cmp.random_seeds]
+    return [(None, finetune_seed) for finetune_seed in cmp.finetune_seeds]
+
+
 def variants(config: RunConfig) -> list[Variant]:
-    """The main comparison, then the budget sweep, then the few-shot sweep (duplicates dropped)."""
+    """The main comparison, then the budget sweep, then the few-shot sweep (duplicates dropped).
+    The main comparison and the budget sweep have every run of each method (`runs_of`); the
+    few-shot sweep its first."""
     cmp, base_fraction = config.compare, config.select.fraction
     out: dict[str, Variant] = {}
 
-    def add(group: str, method: str, fraction: float, seed: int | None = None, shots: str | None = None) -> None:
+    def add(group: str, method: str, fraction: float, seed: int | None, finetune_seed: int, shots: str | None = None) -> None:
         selects_all = get_selector(method).selects_all
         name = method + (f"-seed{seed}" if seed is not None else "") + ("" if selects_all else f"-p{fraction:g}")
-        name += f"-{shots}shot" if shots is not None else ""
+        name += (f"-ft{finetune_seed}" if finetune_seed else "") + (f"-{shots}shot" if shots is not None else "")
         select = replace(config.select, method=method, fraction=fraction, seed=seed or 0)
         data = config.data if shots is None else replace(config.data, validation=replace(config.data.validation, paths=cmp.shots[shots]))
-        finetune = replace(config.finetune, epochs=cmp.full_epochs) if selects_all else config.finetune
+        finetune = replace(config.finetune, seed=finetune_seed, **({"epochs": cmp.full_epochs} if selects_all else {}))
         run_dir = str(Path(config.run_dir) / "variants" / name)
-        out.setdefault(name, Variant(name, group, method, fraction, seed, shots,
+        out.setdefault(name, Variant(name, group, method, fraction, seed, finetune_seed, shots,
                                      replace(config, run_dir=run_dir, select=select, data=data, finetune=finetune)))
 
     for method in cmp.methods:
-        for seed in cmp.random_seeds if get_selector(method).seeded else [None]:
-            add("main", method, base_fraction, seed)
+        for seed, finetune_seed in runs_of(config, method):
+            add("main", method, base_fraction, seed, finetune_seed)
     for fraction in cmp.budgets:
         for method in cmp.budget_methods:
-            add("budget", method, fraction, cmp.random_seeds[0] if get_selector(method).seeded else None)
+            for seed, finetune_seed in runs_of(config, method):
+                add("budget", method, fraction, seed, finetune_seed)
     for shots in cmp.shots:
         for method in cmp.shot_methods:
-            add("shots", method, base_fraction, None, shots)
+            add("shots", method, base_fraction, None, runs_of(config, method)[0][1], shots)
     return list(out.values())
 
 
@@ -99,10 +116,14 @@ def _linked(run: Run, cache: Path) -> Run:
 def run_variant(variant: Variant, cache: Path, base: Run, wait: bool = True) -> tuple[dict, Run]:
     run = _linked(base.with_config(variant.config), cache)
     run = run_stages(variant.config, stages_for(run.selector), base=run, wait=wait)
-    metrics = read_json(run.dir / STAGES["evaluate"].folder / "metrics.json")
+    evaluation = run.dir / STAGES["evaluate"].folder
+    metrics = read_json(evaluation / "metrics.json")
     selection = read_json(run.dir / STAGES["select"].folder / "selection.json")
     result = {"group": variant.group, "method": variant.method, "fraction": variant.fraction, "seed": variant.seed,
-              "shots": variant.shots, "n_selected": selection["n_selected"], "sources": selection["sources"], **metrics}
+              "finetune_seed": variant.finetune_seed, "shots": variant.shots, "n_selected": selection["n_selected"],
+              "sources": selection["sources"], **metrics}
+    if (evaluation / HELDOUT_CORRECT).is_file():  # in results.json, so that a report rewritten from it has the intervals
+        result["heldout_correct"] = np.load(evaluation / HELDOUT_CORRECT).tolist()
     return result, run
 
 
