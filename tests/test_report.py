@@ -41,3 +41,27 @@ def test_report_table_shows_the_summary():
     table = render_compare(RESULTS, "t", [], {"budget": [], "shots": []})
     assert f"| random | 10 | {19 / 30:.4f} ± {(21 / 900) ** 0.5:.4f} |" in table
     assert "| rose | 10 | 0.7500 |" in table
+
+
+def test_paired_intervals_against_random_and_less_at_each_budget():
+    """Hand-checkable pairs: ROSE right on all four, random (two seeds) wrong on all, LESS as ROSE but
+    for one pair it loses: the differences of seed-averaged per-pair correctness have no spread."""
+    results = {
+        "random-s0": _result("random", "main", 0.0, heldout_correct=[0, 0, 0, 0]),
+        "random-s1": _result("random", "main", 0.0, heldout_correct=[0, 0, 0, 0]),
+        "less": _result("less", "main", 0.75, heldout_correct=[1, 1, 1, 0]),
+        "rose": _result("rose", "main", 1.0, heldout_correct=[1, 1, 1, 1]),
+        "rose-0.01": _result("rose", "budget", 1.0, heldout_correct=[1, 1, 1, 1]) | {"fraction": 0.01},
+    }
+    summary = method_summary(results)
+    assert summary["rose"]["acc_minus_random"] == {"difference": 1.0, "low": 1.0, "high": 1.0, "n_pairs": 4}
+    assert summary["rose"]["acc_minus_less"]["difference"] == 0.25 and summary["random"]["acc_minus_less"]["difference"] == -0.75
+    assert "acc_minus_random" not in summary["random"] and "acc_minus_less" not in summary["less"]
+    # ROSE - LESS per pair: 0, 0, 0, 1. A resample holds pair 4 no time with chance (3/4)^4 = 32%, three or
+    # more times with 5.1%, four times with 0.4%: its 2.5% and 97.5% percentiles are 0 and 3/4
+    less = "+0.2500 [+0.0000, +0.7500]"
+    table = render_compare(results, "t", [], {"budget": ["rose", "random"], "shots": []}).splitlines()
+    assert f"| rose | 10 | 1.0000 | +1.0000 [+1.0000, +1.0000] | {less} |" in table
+    assert "| random |  | 0.0000 ± 0.0000 |" in table and "| rose | 1.0000 | 1.0000 |" in table  # budgets 0.01 and 0.05
+    assert f"| 0.05 | rose | +1.0000 [+1.0000, +1.0000] | {less} |" in table
+    assert "| 0.01 | rose |  |  |" in table  # no random or LESS at 1%: nothing to compare with

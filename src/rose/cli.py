@@ -99,7 +99,7 @@ def _run_compare(config, shared_only: bool, report_only: bool) -> None:
     from .compare import prepare_shared, run_compare
     from .distributed import Dist
     from .errors import RunDirError
-    from .report import compare_plots, method_summary, render_compare, table
+    from .report import budget_summary, compare_plots, method_summary, render_compare, table
     from .store import atomic_write_text, read_json, write_json
 
     out = Path(config.run_dir) / "compare"
@@ -111,7 +111,8 @@ def _run_compare(config, shared_only: bool, report_only: bool) -> None:
         sweeps = {"budget": config.compare.budget_methods, "shots": config.compare.shot_methods}
         atomic_write_text(out / "report.md", render_compare(results, f"rose compare: {config.run_dir}", images, sweeps))
         if config.compare.results_json:
-            write_json(config.compare.results_json, {"run_dir": config.run_dir, "methods": method_summary(results), "variants": results})
+            write_json(config.compare.results_json, {"run_dir": config.run_dir, "methods": method_summary(results),
+                                                     "budgets": budget_summary(results), "variants": results})
 
     if report_only:
         if not (out / "results.json").is_file():

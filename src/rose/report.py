@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from .selectors import SELECTORS
+from .stats import LEVEL, RESAMPLES, paired_difference, spread
 
 
 def table(rows: list[tuple[str, str]]) -> str:
@@ -49,25 +51,50 @@ def render_report(summary: dict) -> str:
 COMPARE_METRICS = ("heldout_pref_acc", "reward_margin", "length_norm_pref_acc", "golden_nll", "val_dpo_loss", "judge_win_rate")
 
 
-def method_summary(results: dict[str, dict], group: str = "main") -> dict[str, dict]:
-    """Per method of a group: mean and spread (std over seeds) of each metric, and the selection size."""
-    import numpy as np
+REFERENCES = ("random", "less")  # every other method's held-out accuracy is compared with theirs, pair by pair
 
-    by_method: dict[str, list[dict]] = {}
-    for r in results.values():
-        if r["group"] == group:
-            by_method.setdefault(r["method"], []).append(r)
+
+def _summarise(by_method: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per method: mean and std over its runs (seeds) of each metric, the selection size, and the
+    paired bootstrap of its held-out accuracy minus each reference method's (`acc_minus_random`,
+    `acc_minus_less`), where the runs carry their per-pair correctness."""
     out = {}
     for method, rows in by_method.items():
         entry = {"n_runs": len(rows), "n_selected": rows[0]["n_selected"], "fraction": rows[0]["fraction"]}
         for m in COMPARE_METRICS:
             values = [r[m] for r in rows if m in r]
             if values:
-                entry[m] = float(np.mean(values))
-                if len(values) > 1:
-                    entry[f"{m}_std"] = float(np.std(values, ddof=1))
+                s = spread(values)
+                entry[m] = s.mean
+                if s.std is not None:
+                    entry[f"{m}_std"] = s.std
+        for ref in REFERENCES:
+            others = by_method.get(ref, [])
+            if ref != method and others and all("heldout_correct" in r for r in rows + others):
+                entry[f"acc_minus_{ref}"] = asdict(paired_difference([r["heldout_correct"] for r in rows],
+                                                                     [r["heldout_correct"] for r in others]))
         out[method] = entry
     return out
+
+
+def method_summary(results: dict[str, dict], group: str = "main") -> dict[str, dict]:
+    """Per method of a group: mean and spread (std over seeds) of each metric, the selection size,
+    and paired intervals of its held-out accuracy minus random's and LESS's (`_summarise`)."""
+    by_method: dict[str, list[dict]] = {}
+    for r in results.values():
+        if r["group"] == group:
+            by_method.setdefault(r["method"], []).append(r)
+    return _summarise(by_method)
+
+
+def budget_summary(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """{budget: `_summarise` of the methods run at that budget}: the budget sweep, whose point at
+    select.fraction is the main comparison."""
+    by_budget: dict[float, dict[str, list[dict]]] = {}
+    for r in results.values():
+        if r["group"] in ("main", "budget"):
+            by_budget.setdefault(float(r["fraction"]), {}).setdefault(r["method"], []).append(r)
+    return {f"{fraction:g}": _summarise(by_method) for fraction, by_method in sorted(by_budget.items())}
 
 
 def _mean_by(results: dict[str, dict], group: str, key: str, field: str = "heldout_pref_acc") -> dict[str, dict]:
@@ -161,14 +188,29 @@ def _cell(entry: dict, metric: str) -> str:
     return f"{entry[metric]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
+def _interval(entry: dict, ref: str) -> str:
+    d = entry.get(f"acc_minus_{ref}")
+    return "" if d is None else f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def _references(summary: dict[str, dict]) -> list[str]:
+    """The reference methods some entry of a summary has paired intervals against."""
+    return [ref for ref in REFERENCES if any(f"acc_minus_{ref}" in e for e in summary.values())]
+
+
 def render_compare(results: dict[str, dict], title: str, images: list[str], sweep_methods: dict[str, list[str]]) -> str:
     """Markdown report of a comparison; sweep_methods: {"budget": [...], "shots": [...]} methods per sweep."""
     summary = method_summary(results)
     metrics = [m for m in COMPARE_METRICS if any(m in e for e in summary.values())]
-    lines = [f"# {title}", "", "Mean ± standard deviation over seeds (random baseline) where there are several runs.", "",
-             "| method | selected | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
+    refs = _references(summary)
+    lines = [f"# {title}", "", "Mean ± standard deviation over seeds (selection seeds for random, fine-tune seeds for the "
+             "others) where there are several runs. `acc − random` and `acc − less`: held-out accuracy minus that "
+             f"method's, with the {LEVEL:.0%} interval of a paired bootstrap over the held-out pairs ({RESAMPLES:,} "
+             "resamples; each method's seeds averaged pair by pair first).", "",
+             "| method | selected | " + " | ".join(metrics + [f"acc − {ref}" for ref in refs]) + " |",
+             "|---|---:|" + "---:|" * (len(metrics) + len(refs))]
     for method, e in summary.items():
-        lines.append(f"| {method} | {e['n_selected']} | " + " | ".join(_cell(e, m) for m in metrics) + " |")
+        lines.append(f"| {method} | {e['n_selected']} | " + " | ".join([_cell(e, m) for m in metrics] + [_interval(e, r) for r in refs]) + " |")
     lines += [""] + [f"![{name}]({name})" for name in images]
     main = [r for r in results.values() if r["group"] == "main"]
     subtasks = sorted({s for r in main for s in r.get("per_subtask_acc", {})})
@@ -182,12 +224,29 @@ def render_compare(results: dict[str, dict], title: str, images: list[str], swee
     for method in dict.fromkeys(r["method"] for r in main):
         row = next(r for r in main if r["method"] == method)
         lines.append(f"| {method} | " + " | ".join(f"{row['sources'][s]['share']:.1%}" for s in sources) + " |")
-    for group, key in (("budget", "fraction"), ("shots", "shots")):
-        sweep = {m: v for m, v in _mean_by(results, group, key).items() if m in sweep_methods[group]}
-        if any(r["group"] == group for r in results.values()):
-            columns = sorted({k for v in sweep.values() for k in v}, key=float)
-            lines += ["", f"## {'Data budget' if group == 'budget' else 'Validation shots'}: held-out accuracy", "",
-                      "| method | " + " | ".join(map(str, columns)) + " |", "|---|" + "---:|" * len(columns)]
-            for method, points in sweep.items():
-                lines.append(f"| {method} | " + " | ".join(f"{points[c]:.4f}" if c in points else "" for c in columns) + " |")
+    if any(r["group"] == "budget" for r in results.values()):
+        lines += _budget_tables(budget_summary(results), sweep_methods["budget"])
+    sweep = {m: v for m, v in _mean_by(results, "shots", "shots").items() if m in sweep_methods["shots"]}
+    if any(r["group"] == "shots" for r in results.values()):
+        columns = sorted({k for v in sweep.values() for k in v}, key=float)
+        lines += ["", "## Validation shots: held-out accuracy", "",
+                  "| method | " + " | ".join(map(str, columns)) + " |", "|---|" + "---:|" * len(columns)]
+        for method, points in sweep.items():
+            lines.append(f"| {method} | " + " | ".join(f"{points[c]:.4f}" if c in points else "" for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _budget_tables(by_budget: dict[str, dict[str, dict]], methods: list[str]) -> list[str]:
+    """Held-out accuracy (mean ± std over seeds) per method and budget, then each method's paired
+    intervals against random and LESS at each budget."""
+    shown = [m for m in dict.fromkeys(m for summary in by_budget.values() for m in summary) if m in methods]
+    lines = ["", "## Data budget: held-out accuracy", "", "| method | " + " | ".join(by_budget) + " |", "|---|" + "---:|" * len(by_budget)]
+    for method in shown:
+        lines.append(f"| {method} | " + " | ".join(_cell(s.get(method, {}), "heldout_pref_acc") for s in by_budget.values()) + " |")
+    refs = [ref for ref in REFERENCES if any(ref in _references(s) for s in by_budget.values())]
+    if refs:
+        lines += ["", "| budget | method | " + " | ".join(f"acc − {ref}" for ref in refs) + " |", "|---|---|" + "---:|" * len(refs)]
+        for budget, summary in by_budget.items():
+            for method in (m for m in shown if m in summary):
+                lines.append(f"| {budget} | {method} | " + " | ".join(_interval(summary[method], r) for r in refs) + " |")
+    return lines
