@@ -12,15 +12,19 @@ import types
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
+import torch
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
 from rose import compare
 from rose.cli import main
 from rose.config import load_config
-from rose.report import compare_plots
+from rose.context import Run
+from rose.report import compare_plots, method_summary, render_compare
 from rose.stages import STAGES
+from rose.stats import paired_difference
 from rose.store import MANIFEST, StageBusy, folder_lock, read_json
 
 N_POOL = 48  # the demo pool of conftest.demo_files
@@ -84,6 +88,18 @@ def _metrics(compared: Comparison, name: str) -> dict:
     return read_json(_variant(compared, name) / "eval/metrics.json")
 
 
+def _correct(compared: Comparison, *names: str) -> np.ndarray:
+    """[variants, pairs] per-pair held-out correctness, as the variants' evaluations stored it."""
+    return np.stack([np.load(_variant(compared, name) / "eval/heldout_correct.npy") for name in names])
+
+
+RANDOM = ("random-seed0-p0.125", "random-seed1-p0.125")
+
+
+def _interval(d) -> str:
+    return f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+
+
 def _expected_summary(compared: Comparison) -> dict[str, dict]:
     """Per main method, by hand from the variants' own metrics.json: mean, and std over seeds (ddof=1)."""
     by_method: dict[str, list[dict]] = {}
@@ -110,6 +126,10 @@ def test_every_variant_is_evaluated_and_reported(compared):
     seeds = [read_json(_variant(compared, f"random-seed{s}-p0.125") / "selection/selection.json")["selected"] for s in (0, 1)]
     assert seeds[0] != seeds[1]  # two seeds, two selections: the spread below is over different runs
 
+    for name, r in results.items():  # per-pair correctness: stored by the evaluation, carried into results.json
+        correct = _correct(compared, name)[0]
+        assert r["heldout_correct"] == correct.tolist() and correct.mean() == r["heldout_pref_acc"] and correct.size == 8, name
+
     expected = _expected_summary(compared)
     summary = read_json(compared.root / "results/demo.json")["methods"]
     assert set(summary) == set(expected)
@@ -119,10 +139,19 @@ def test_every_variant_is_evaluated_and_reported(compared):
         assert summary[method]["n_runs"] == (2 if method == "random" else 1)
     assert expected["random"]["reward_margin_std"] > 0
 
+    # paired intervals: the stats module on the variants' own per-pair arrays (random's two seeds averaged pair by pair)
+    intervals = {"random": {"less": paired_difference(_correct(compared, *RANDOM), _correct(compared, "less-p0.125"))},
+                 "rose": {ref: paired_difference(_correct(compared, "rose-p0.125"), _correct(compared, *names))
+                          for ref, names in (("random", RANDOM), ("less", ("less-p0.125",)))}}
+    for method, refs in intervals.items():
+        for ref, d in refs.items():
+            assert summary[method][f"acc_minus_{ref}"] == pytest.approx(dataclasses.asdict(d), abs=1e-15), (method, ref)
+    assert "acc_minus_random" not in summary["random"] and "acc_minus_less" not in summary["less"]
     report = (compared.root / "run/compare/report.md").read_text().splitlines()
     for method in ("random", "rose"):
         e = expected[method]
         cells = [f"{e[m]:.4f}" + (f" ± {e[m + '_std']:.4f}" if method == "random" else "") for m in METRICS]
+        cells += [_interval(intervals[method][ref]) if ref in intervals[method] else "" for ref in ("random", "less")]
         assert f"| {method} | 6 | " + " | ".join(cells) + " |" in report
     for image, size in {"accuracy.png": (420, 720), "budget.png": (420, 720), "shots.png": (420, 720), "dpo_vs_acc.png": (480, 600)}.items():
         assert matplotlib.image.imread(compared.root / "run/compare" / image).shape[:2] == size, image  # decodes, at figsize * dpi
@@ -262,3 +291,39 @@ def test_a_held_folder_lock_raises_stage_busy_without_waiting(tmp_path):
                 pass
     with folder_lock(tmp_path / "stage", wait=False):  # released: free again
         pass
+
+
+def test_a_second_fine_tune_seed_tunes_the_same_selection_and_joins_the_spread_and_intervals(compared):
+    """With compare.finetune_seeds=[0, 1] every method but random gets a second fine-tune of its one
+    selection. The fixture's comparison has one seed; here ROSE's second run alone is added (the
+    last test, so the others see the comparison as it was) and summarised with the others."""
+    config = load_config(compared.config_file, ["compare.finetune_seeds=[0,1]"])
+    by_name = {v.name: v for v in compare.variants(config)}
+    second_runs = {"rose-p0.125-ft1", "less-p0.125-ft1", "bm25-p0.125-ft1", "embedding-p0.125-ft1", "full-ft1", "rose-p0.0625-ft1"}
+    assert set(by_name) == set(VARIANTS) | second_runs  # random varies its selection seed instead
+    first, variant = by_name["rose-p0.125"], by_name["rose-p0.125-ft1"]
+    assert variant.config == dataclasses.replace(first.config, run_dir=variant.config.run_dir,
+                                                 finetune=dataclasses.replace(first.config.finetune, seed=1))
+    result, _ = compare.run_variant(variant, compared.root / "run/cache", Run(config))
+
+    one, two = _variant(compared, first.name), _variant(compared, variant.name)
+    for name, stage in STAGES.items():  # the same selection, from the same stages; its own fine-tune and evaluation
+        assert ((one / stage.folder).resolve() == (two / stage.folder).resolve()) == (name not in ("finetune", "evaluate")), name
+    from safetensors.torch import load_file
+    weights = [load_file(next((run / "finetune").rglob("adapter_model.safetensors"))) for run in (one, two)]
+    assert weights[0].keys() == weights[1].keys() and any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    results = read_json(compared.root / "run/compare/results.json") | {variant.name: result}
+    rose = method_summary(results)["rose"]
+    runs = [_metrics(compared, first.name), _metrics(compared, variant.name)]
+    assert rose["n_runs"] == 2 and runs[0]["reward_margin"] != runs[1]["reward_margin"]
+    for m in METRICS:  # two runs: mean (a + b) / 2, sample std |a - b| / sqrt(2)
+        a, b = runs[0][m], runs[1][m]
+        assert (rose[m], rose[f"{m}_std"]) == pytest.approx(((a + b) / 2, abs(a - b) / 2 ** 0.5), rel=1e-12, abs=1e-15), m
+    both = _correct(compared, first.name, variant.name)
+    d = paired_difference(both, _correct(compared, *RANDOM))
+    assert rose["acc_minus_random"] == pytest.approx(dataclasses.asdict(d), abs=1e-15)
+    assert d.difference == pytest.approx(both.mean() - _correct(compared, *RANDOM).mean(), abs=1e-12)
+    report = render_compare(results, "t", [], {"budget": ["rose"], "shots": ["rose"]}).splitlines()
+    row = next(line for line in report if line.startswith("| rose | 6 | "))
+    assert f"{rose['heldout_pref_acc']:.4f} ± {rose['heldout_pref_acc_std']:.4f}" in row and _interval(d) in row
