@@ -176,8 +176,8 @@ def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist
     preflight(run, wanted, previous, cache)
     if cache is not None:
         if run.dist.is_main and (changed := link_cache(run, cache)):
-            log.info("stage keys changed since the last run in %s: %s%s", run.dir,
-                     ", ".join(f"{n} {old} -> {run.keys[n]}" for n, old in changed.items()), _changes_hint(run, previous))
+            log.info("stage keys changed: %s%s", ", ".join(f"{n} {old} -> {run.keys[n]}" for n, old in changed.items()),
+                     _changes_hint(run, previous))
         run.dist.barrier()
     if run.dist.is_main:
         run.dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ def run_stages(config: RunConfig, names: Sequence[str] | None = None, dist: Dist
         for name, stage in STAGES.items():
             if name in wanted:
                 if run.dist.is_main:
-                    log.info("stage %s", name)
+                    log.info("stage %s%s", name, " (done: reused)" if run.stage_dir(name).is_done() else "")
                 with folder_lock(run.stage_dir(name).path, wait) if run.dist.is_main else nullcontext():
                     execute(stage, run)
         if run.dist.is_main and names is None:
