@@ -32,7 +32,7 @@ pids=()
 for ((g = 0; g < gpus; g++)); do
   for ((w = 0; w < per_gpu; w++)); do
     for task in shp hh; do
-      CUDA_VISIBLE_DEVICES=$g timeout "$(left)" $py -m rose compare "configs/$task.yaml" "$@" \
+      CUDA_VISIBLE_DEVICES=$g timeout "$(left)" $py -m rose compare "configs/$task.yaml" "compare.results_json=docs/results/$task.json" "$@" \
           >"runs/worker-$task-$g-$w.log" 2>&1 &
       pids+=($!)
     done

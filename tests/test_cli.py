@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from rose.cli import main
+from rose import __version__
+from rose.cli import build_parser, config_overrides, main
+from rose.report import wilson_interval
 from rose.stages import STAGES
-from rose.store import MANIFEST
+from rose.store import MANIFEST, read_json
 
 COMMANDS = ["run", "demo", "config", "compare", *STAGES]
 
@@ -148,3 +154,43 @@ def test_bad_input_leaves_a_finished_run_untouched(finished_run, tmp_path, capsy
         cfg = _run_config(tmp_path, pool, None, extra, name="bad.yaml")
         assert main(["run", str(cfg), f"run_dir={run_dir}"]) == 2 and capsys.readouterr().err.startswith("rose: error: ")
     assert {str(m): m.stat().st_mtime_ns for m in run_dir.rglob(MANIFEST)} == before
+
+
+def test_version_global_flags_after_the_subcommand_and_dashed_overrides(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"rose {__version__}"
+    parse = lambda argv: build_parser().parse_args(config_overrides(argv))  # noqa: E731
+    args = parse(["run", "--select.fraction=0.1", "c.yaml", "-q", "--seed", "3", "model.device=cpu"])
+    assert (args.config, args.quiet, args.overrides) == ("c.yaml", True, ["select.fraction=0.1", "seed=3", "model.device=cpu"])
+    assert parse(["-q", "run", "c.yaml"]).quiet and not parse(["run", "c.yaml"]).quiet
+    assert main(["config", "--select.fraction=0.3", "--seed", "4"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["select"]["fraction"] == 0.3 and resolved["seed"] == 4
+
+
+def test_a_closed_pipe_ends_quietly():
+    """As `rose config --keys | head -1` once head has exited: the read end is closed before rose writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "rose", "config", "--keys"], stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
+
+
+def test_a_rerun_prints_the_summary_where_its_files_are_and_no_library_noise(finished_run, tmp_path):
+    """`rose run` on a finished run (every stage reused) in a fresh process, as a user sees it."""
+    run_dir, config, _ = finished_run
+    shutil.copytree(run_dir, tmp_path / "run")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps(dataclasses.asdict(dataclasses.replace(config, run_dir=str(tmp_path / "run")))))  # JSON is YAML
+    done = subprocess.run([sys.executable, "-m", "rose", "run", str(cfg)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "Loading weights" not in done.stderr, done.stderr
+    summary = read_json(tmp_path / "run/summary.json")
+    lo, hi = wilson_interval(summary["heldout_pref_acc"], summary["n_pairs"])
+    assert f"heldout_pref_acc 95% CI  {lo:.4f} to {hi:.4f} (Wilson score interval over {summary['n_pairs']} pairs)" in done.stdout
+    assert f"selection: {tmp_path / 'run/selection/selected.jsonl'}\n" in done.stdout
+    assert f"report: {tmp_path / 'run/report.md'}\n" in done.stdout

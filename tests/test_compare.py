@@ -240,6 +240,8 @@ def test_report_only_rewrites_the_report_from_results_json(compared):
     assert (out / "report.md").read_text() == report and summary_file.read_text() == summary
     assert matplotlib.image.imread(out / "budget.png").shape[:2] == (420, 720)
     assert (out / "results.json").stat().st_mtime_ns == before
+    assert main(["compare", str(compared.config_file), "compare.results_json=null", "--report-only"]) == 0
+    assert (out / "methods.json").read_text() == summary  # told nowhere else, the results JSON stays under run_dir
 
 
 def test_report_only_without_results_is_a_clear_error(compared, tmp_path, capsys):

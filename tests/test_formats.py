@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 from conftest import needs_data
@@ -57,6 +58,31 @@ def test_hh_transcripts_and_multi_turn_prompts(shared):
     assert max(len(p.prompt) for p in pairs) > 1  # multi-turn dialogues keep their turns
     hh5 = read_preferences([shared / "validation/hh/hh_5_shot/hh_5_shot_preference.json.gz"], "rose", "target", 2)
     assert [p.subtask for p in hh5] == ["block00"] * 5 + ["block01"] * 5
+    with pytest.raises(InputError, match="3 subtask names for 2 blocks"):
+        read_preferences([shared / "validation/hh/hh_5_shot/hh_5_shot_preference.json.gz"], "rose", "target", 2, subtask_names=["a", "b", "c"])
+
+
+@needs_data
+def test_the_shp_config_names_each_block_after_its_subreddit(shared):
+    """SHP's files carry no subreddit: the config names the 18 blocks in the test files' (alphabetical)
+    order, and the prompts of the blocks whose subreddit shows in the text agree."""
+    from rose.config import expand_globs, load_config
+    from rose.inputs import RunInputs
+
+    config = load_config(Path(__file__).parents[1] / "configs/shp.yaml")
+    tests = expand_globs(config.data.test)
+    if not Path(tests[0]).is_file():
+        pytest.skip("configs/shp.yaml reads the data bundle beside the checkout")
+    names = config.data.validation.subtask_names
+    assert names == [Path(p).name.removeprefix("shp_").removesuffix(".json.gz") for p in tests]
+    inputs = RunInputs(config)
+    for pairs in (inputs.validation, inputs.heldout):
+        by_name: dict[str, list[str]] = {}
+        for p in pairs:
+            by_name.setdefault(p.subtask, []).append(p.prompt[-1]["content"])
+        assert list(by_name) == names
+        assert all(t.lower().startswith(("explain like i'm five", "eli5")) for t in by_name["explainlikeimfive"])
+        assert all(t.lower().startswith(("cmv", "change my view")) for t in by_name["changemyview"])
 
 
 @needs_data

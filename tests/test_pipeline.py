@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FOLDERS, tiny_config
 
+from rose.context import Run
 from rose.demo import PLANTED, planted_precision
 from rose.errors import RunDirError
 from rose.grads import oracle
@@ -108,3 +110,30 @@ def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(fini
             assert _spearman(scores, projected) > 0.8
         else:
             assert _spearman(scores, projected) > 0.3 and not np.allclose(scores, projected)
+
+
+def test_with_a_cache_a_changed_fraction_redoes_only_select_finetune_and_evaluate(finished_run, demo_files, tmp_path, caplog):
+    """`rose run` keeps stages by key (as `rose compare` does): the stages before select are reused
+    untouched, select, fine-tune and evaluate are redone beside the old ones, and going back to the
+    old fraction reuses those again. A stage whose input is missing is refused, naming what changed."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir)  # written in place, before stages were kept by key
+    config, cache = tiny_config(run_dir, demo_files), tmp_path / "cache"
+    run_stages(config, cache=cache)  # moves the folders into the cache under their keys; runs nothing
+    assert all((run_dir / f).is_symlink() for f in FOLDERS)
+    mtimes = lambda: {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}  # noqa: E731
+    first = mtimes()
+    assert first == {f: (finished_run[0] / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
+    caplog.set_level(logging.INFO, logger="rose")
+    changed = run_stages(tiny_config(run_dir, demo_files, **{"select.fraction": 0.25}), cache=cache)
+    second = mtimes()
+    redone = {STAGES[n].folder for n in ("select", "finetune", "evaluate")}
+    assert {f for f in FOLDERS if second[f] != first[f]} == redone
+    assert "select.fraction: 0.125 -> 0.25" in caplog.text and f"select {Run(config).keys['select']} ->" in caplog.text
+    selected = (run_dir / "selection/selected.jsonl").read_text().splitlines()
+    assert len(selected) == round(0.25 * len(changed.pool.records))
+    run_stages(config, cache=cache)  # back to the first fraction: its stages are reused by key
+    assert mtimes() == first
+    with pytest.raises(RunDirError, match=r"stage 'select' has not finished.*select.fraction: 0.125 -> 0.5"):
+        run_stages(tiny_config(run_dir, demo_files, **{"select.fraction": 0.5}), ["finetune"], cache=cache)
+    assert mtimes() == first  # refused before anything was linked or written

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rose.report import method_summary, render_compare
+from rose.report import method_summary, render_compare, wilson_interval
 
 
 def _result(method: str, group: str, acc: float, **metrics) -> dict:
@@ -65,3 +65,14 @@ def test_paired_intervals_against_random_and_less_at_each_budget():
     assert "| random |  | 0.0000 ± 0.0000 |" in table and "| rose | 1.0000 | 1.0000 |" in table  # budgets 0.01 and 0.05
     assert f"| 0.05 | rose | +1.0000 [+1.0000, +1.0000] | {less} |" in table
     assert "| 0.01 | rose |  |  |" in table  # no random or LESS at 1%: nothing to compare with
+
+
+def test_wilson_interval_solves_its_score_equation():
+    """Each end p of the interval satisfies (share - p)^2 = z^2 p (1 - p) / n; 0.5 over 100 is the textbook 0.404-0.596."""
+    assert wilson_interval(0.5, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    for share, n in [(0.62, 2114), (0.9, 40), (0.25, 8)]:
+        lo, hi = wilson_interval(share, n)
+        assert 0 < lo < share < hi < 1
+        for p in (lo, hi):
+            assert (share - p) ** 2 == pytest.approx(1.96**2 * p * (1 - p) / n, rel=1e-9)
+    assert wilson_interval(1.0, 40)[1] == 1.0 and wilson_interval(1.0, 40)[0] == pytest.approx(0.9124, abs=1e-4)

@@ -136,8 +136,10 @@ def test_other_hostile_inputs(finished_run, tmp_path, capsys):
     cut.parent.mkdir()
     cut.write_bytes(Path(resolve_model("smollm2-135m-instruct")).joinpath("model.safetensors").read_bytes()[:100_000])
     assert "cannot read GGUF file" in _run_with(config, tmp_path, capsys, model__name=str(cut))
-    other = _run_with(config, tmp_path, capsys, warmup__epochs=3)  # same run_dir, another config
-    assert "holds 'warmup' results of another config" in other and "choose a new run_dir" in other
+    other = dataclasses.replace(config, select=dataclasses.replace(config.select, fraction=0.5))  # same run_dir
+    assert main(["finetune", str(_write_config(tmp_path / "other.yaml", other))]) == 2  # its selection is not made yet
+    err = capsys.readouterr().err
+    assert "stage 'select' has not finished for this config" in err and "select.fraction: 0.125 -> 0.5" in err, err
     cfg = tmp_path / "fraction.yaml"
     cfg.write_text(f"run_dir: {tmp_path / 'x'}\nselect: {{fraction: 1.5}}\n")
     assert main(["run", str(cfg)]) == 2 and "select.fraction must be a finite number in (0, 1]" in capsys.readouterr().err

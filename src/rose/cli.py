@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from .config import describe, load_config, to_dict
+from . import __version__
+from .config import RunConfig, describe, load_config, to_dict
 from .errors import RoseError
 from .inputs import RunInputs, check_run_dir
 from .selectors import SELECTORS, get_selector
@@ -25,7 +29,7 @@ Stages (each writes a folder of the run directory and is skipped when already co
 Examples:
   rose demo                                   # the built-in synthetic task, on CPU in minutes
   rose run configs/shp.yaml                   # every stage
-  rose run configs/shp.yaml data.pool_limit=2000 select.fraction=0.1
+  rose run configs/shp.yaml data.pool_limit=2000 --select.fraction=0.1
   rose score configs/shp.yaml                 # one stage (earlier ones must be done)
   torchrun --nproc-per-node 4 -m rose run configs/shp.yaml
   rose config --keys                          # every config key, its default and meaning
@@ -34,14 +38,42 @@ Examples:
 
 def _add_config_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument("config", nargs="?" if optional else None, help="YAML config file (paths in it are relative to it).")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Override config keys, e.g. select.fraction=0.1 model.device=cpu")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Override config keys, e.g. select.fraction=0.1 --model.device=cpu")
+
+
+GLOBAL_FLAGS = ("-q", "--quiet")
+
+
+def config_overrides(argv: list[str]) -> list[str]:
+    """The command line in the order argparse needs: global flags first (they may follow the
+    subcommand), then the rest, then every config override, `section.key=value`, `--section.key=value`
+    or `--section.key value`, as `section.key=value` (never taken for the config file)."""
+    sections = {f.name for f in dataclasses.fields(RunConfig)}
+    flags, rest, overrides, i = [], [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        name = token.removeprefix("--").split("=", 1)[0]
+        if token in GLOBAL_FLAGS:
+            flags.append(token)
+        elif name.split(".")[0] not in sections or not (token.startswith("--") or "=" in token):
+            rest.append(token)
+        elif "=" in token or i + 1 == len(argv):
+            overrides.append(token.removeprefix("--"))  # a missing value is load_config's to report
+        else:
+            overrides.append(f"{name}={argv[i + 1]}")
+            i += 1
+        i += 1
+    return flags + rest + overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rose", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors (before or after the command).")
+    parser.add_argument("--version", action="version", version=f"rose {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("run", help="Run every stage of the pipeline.", description="Run every stage; finished stages are skipped.",
+    p = sub.add_parser("run", help="Run every stage of the pipeline.",
+                       description="Run every stage; stages whose key (config and inputs) is unchanged are reused.",
                        epilog="Config keys: `rose config --keys`.")
     _add_config_args(p)
     for name, text in ((name, stage.help) for name, stage in STAGES.items()):
@@ -56,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Only compute the shared and largest work (warm-up, pool gradients, the full-pool fine-tune), "
                            "e.g. under torchrun on all GPUs before starting one worker per GPU.")
     mode.add_argument("--report-only", action="store_true",
-                      help="Run nothing: rewrite report.md, the plots and compare.results_json from "
+                      help="Run nothing: rewrite report.md, the plots and the results JSON (compare.results_json) from "
                            "run_dir/compare/results.json (e.g. one copied back from a GPU machine).")
     _add_config_args(p)
     p = sub.add_parser("demo", help="Run the built-in synthetic task end to end (SmolLM2 on CPU, a few minutes).",
@@ -71,9 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(quiet: bool) -> None:
+    """rose's own log lines; the libraries' deprecation notices, advice and weight-loading bars are
+    hidden (their errors still show). Set before transformers is imported, which reads the variables."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("transformers", "peft", "accelerate", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", module=r"(transformers|peft|accelerate|torch)(\.|$)")
 
 
 def _run_demo(args: argparse.Namespace) -> None:
@@ -110,9 +150,9 @@ def _run_compare(config, shared_only: bool, report_only: bool) -> None:
         images = compare_plots(results, out, config.compare.budget_methods, config.compare.shot_methods)
         sweeps = {"budget": config.compare.budget_methods, "shots": config.compare.shot_methods}
         atomic_write_text(out / "report.md", render_compare(results, f"rose compare: {config.run_dir}", images, sweeps))
-        if config.compare.results_json:
-            write_json(config.compare.results_json, {"run_dir": config.run_dir, "methods": method_summary(results),
-                                                     "budgets": budget_summary(results), "variants": results})
+        write_json(config.compare.results_json or out / "methods.json",
+                   {"run_dir": config.run_dir, "methods": method_summary(results), "budgets": budget_summary(results),
+                    "variants": results})
 
     if report_only:
         if not (out / "results.json").is_file():
@@ -144,8 +184,10 @@ def checked_inputs(config, stages: list[str]) -> RunInputs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(config_overrides(list(sys.argv[1:] if argv is None else argv)))
     _setup_logging(args.quiet)
+    if args.command == "config" and args.config and "=" in args.config and not Path(args.config).exists():
+        args.config, args.overrides = None, [args.config, *args.overrides]  # `rose config KEY=VALUE`: no file
     try:
         if args.command == "demo":
             _run_demo(args)
@@ -167,14 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         names = None if args.command == "run" else [args.command]
         inputs = checked_inputs(config, names or stages_for(get_selector(config.select.method)))
-        from .pipeline import run_stages  # torch and the model stack load only once the inputs are known good
+        from .pipeline import cache_dir, run_stages  # torch and the model stack load only once the inputs are known good
         from .report import summary_rows, table
 
-        run = run_stages(config, names, inputs=inputs)
+        run = run_stages(config, names, inputs=inputs, cache=cache_dir(config))
         if args.command == "run" and run.dist.is_main:
             from .store import read_json
 
             print(table(summary_rows(read_json(run.dir / "summary.json"))))
+            print(f"selection: {run.dir / STAGES['select'].folder / 'selected.jsonl'}")
+            print(f"report: {run.dir / 'report.md'}")
         return 0
     except RoseError as e:
         print(f"rose: error: {e}", file=sys.stderr)
@@ -182,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rose: interrupted; finished shards and stages are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`rose ... | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail again
+        return 141
     finally:
         if "rose.distributed" in sys.modules:  # only a command that got as far as torch joined a process group
             sys.modules["rose.distributed"].leave_process_group()

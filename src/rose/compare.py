@@ -11,7 +11,6 @@ processes (one per GPU) can share one comparison: stage folders are locked while
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from .config import RunConfig
 from .context import Run
 from .distributed import Dist
-from .pipeline import record_config, run_stages
+from .pipeline import cache_dir, link_cache, record_config, run_stages
 from .selectors import get_selector
 from .stages import STAGES, stages_for
 from .stages.evaluate import HELDOUT_CORRECT
@@ -84,26 +83,6 @@ def variants(config: RunConfig) -> list[Variant]:
     return list(out.values())
 
 
-def link_cache(run: Run, cache: Path) -> None:
-    """Point each of the run's stage folders at the shared folder for that stage's key.
-
-    Links are made under a temporary name and renamed into place, so workers linking the same
-    variant at once cannot trip over each other."""
-    for name, stage in STAGES.items():
-        target = cache / f"{name}-{run.keys[name]}"
-        link = run.dir / stage.folder
-        if link.is_symlink() and link.resolve() == target.resolve():
-            continue
-        if link.exists() and not link.is_symlink():
-            raise FileExistsError(f"{link} is a real folder; compare variants keep their stages under {cache}")
-        target.mkdir(parents=True, exist_ok=True)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        tmp = link.with_name(f".{link.name}.{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
-        os.replace(tmp, link)  # also replaces a link left by an earlier config of this variant
-
-
 def _linked(run: Run, cache: Path) -> Run:
     """The run with its stage folders linked into the cache (by the main process; all then wait)."""
     if run.dist.is_main:
@@ -149,12 +128,8 @@ def prepare_shared(config: RunConfig, dist: Dist | None = None) -> None:
     todo = [(v, ["warmup", "base-logprobs", "val-grads", "train-grads"]) for v in every if get_selector(v.method).uses_gradients][:1]
     todo += [(v, ["score", "select", "finetune"]) for v in every if get_selector(v.method).selects_all]
     for variant, stages in todo:
-        run = _linked(Run(variant.config, dist), _cache_dir(config))
+        run = _linked(Run(variant.config, dist), cache_dir(config))
         run_stages(variant.config, stages, base=run)
-
-
-def _cache_dir(config: RunConfig) -> Path:
-    return Path(config.compare.cache_dir) if config.compare.cache_dir else Path(config.run_dir) / "cache"
 
 
 def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> dict[str, dict]:
@@ -166,7 +141,7 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
     """
     root = Path(config.run_dir)
     results_file = root / "compare" / "results.json"
-    cache = _cache_dir(config)
+    cache = cache_dir(config)
     base = Run(config, dist or Dist.from_env())
     alone = base.dist.world == 1  # a single process can step aside when a stage is busy
     if base.dist.is_main:

@@ -22,6 +22,7 @@ import yaml
 
 from .errors import ConfigError, InputError
 from .hub import is_hub, parse_hub
+from .trackers import check_available
 
 
 def _f(default: Any, help: str, path: bool = False, check: Callable[[str, Any], None] | None = None) -> Any:
@@ -210,6 +211,8 @@ class PreferenceSource(Section):
                     check=one_of("target", "all"))
     subtasks: str | int = _f("file", "Subtasks for the max-over-subtasks score: file, field, none, or N contiguous blocks.",
                              check=subtask_spec)
+    subtask_names: list[str] = _f([], "Names of the N subtask blocks in file order (e.g. SHP's subreddits); default block00, "
+                                      "block01, ...", check=each(nonempty_text))
     limit: int | None = _f(None, "Use at most this many pairs (seeded random sample), for quick runs.", check=optional(POSITIVE))
     columns: dict[str, str] = _f({}, "Column names of TRL/HH rows where they differ from rose's, e.g. "
                                      "{prompt: question, chosen: good, rejected: bad}; keys: prompt, chosen, rejected, subtask.",
@@ -329,7 +332,7 @@ class CompareConfig(Section):
     shots: dict[str, list[str]] = _f({}, "Few-shot sweep: name -> validation files (e.g. {'1': [...], '10': [...]}).", path=True)
     shot_methods: list[str] = _f(["rose", "less"], "Methods of the few-shot sweep (at select.fraction).", check=each(known_method))
     full_epochs: int = _f(1, "Fine-tuning epochs on the full pool (it is 1/fraction times larger than a selection).", check=POSITIVE)
-    results_json: str | None = _f(None, "Also write the main results here (e.g. docs/results/shp.json).", path=True, check=optional(nonempty_text))
+    results_json: str | None = _f(None, "Where to write the per-method results JSON (default run_dir/compare/methods.json).", path=True, check=optional(nonempty_text))
     cache_dir: str | None = _f(None, "Shared stage folders (default run_dir/cache); point several tasks at one to share "
                                      "the warm-up and pool gradients.", path=True, check=optional(nonempty_text))
 
@@ -347,6 +350,9 @@ class RunConfig(Section):
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig, metadata={"help": "Final LoRA fine-tune on the selection."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "`rose compare`: baselines and sweeps."})
+    report_to: list[str] = _f([], "Experiment trackers for losses, learning rates, stage timings and metrics: any of "
+                                  "tensorboard (run_dir/tensorboard), wandb, mlflow, trackio (each its own package).",
+                              check=each(check_available))
 
 
 # ----------------------------------------------------------------------------- building from dicts

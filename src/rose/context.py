@@ -44,6 +44,7 @@ from .models import (
 from .selectors import Selector, get_selector
 from .stages import STAGES
 from .store import StageDir
+from .trackers import Trackers
 from .train import Checkpoint
 
 log = logging.getLogger("rose")
@@ -157,6 +158,7 @@ class Run:
         self.selector: Selector = get_selector(config.select.method)
         self.inputs = inputs if inputs is not None and inputs.config == config else RunInputs(config)
         self.loaded = loaded or Loaded()
+        self.tracker = Trackers()  # none unless the pipeline opens the configured ones (report_to)
 
     def with_config(self, config: RunConfig) -> Run:
         """A run of another config in this process, reusing what it has loaded where that is the same."""

@@ -311,12 +311,13 @@ def read_preferences(
     subtasks: str | int = "file",
     empty: Literal["error", "skip"] = "error",
     columns: Mapping[str, str] | None = None,
+    subtask_names: Sequence[str] = (),
 ) -> list[PreferencePair]:
     """Read preference pairs from sources in any supported format, then assign subtasks.
 
     `pairs` (ROSE format only): "target" takes the one (sft_target, rejected_target) pair per prompt
     that ROSE's DPO validation gradient uses; "all" takes every listed pair.
-    `subtasks`: see `assign_subtasks`. `empty`: a pair with an empty response is an error, or is
+    `subtasks`, `subtask_names`: see `assign_subtasks`. `empty`: a pair with an empty response is an error, or is
     skipped (HH-RLHF's own test split has a few). A pair whose two responses are the same text is
     dropped with a warning (two HH validation sets hold one each); a file of nothing else is an error.
     `columns` (TRL and HH rows) maps PREFERENCE_COLUMNS to the source's names where they differ.
@@ -356,15 +357,17 @@ def read_preferences(
                     len(identical), identical[0])
     if not records:
         raise InputError(", ".join(map(str, paths)), "no preference pairs found")
-    return assign_subtasks(records, subtasks)
+    return assign_subtasks(records, subtasks, subtask_names)
 
 
-def assign_subtasks(records: list, subtasks: str | int) -> list:
+def assign_subtasks(records: list, subtasks: str | int, names: Sequence[str] = ()) -> list:
     """Label records with the subtask that the paper's max-over-subtasks aggregation needs.
 
     "file": one subtask per input file (already set by the reader). "field": each row's `subtask`
     field (already set). "none": a single subtask. An integer N: N contiguous equal blocks of prompts
-    in file order, the layout of the ROSE paper's single-file validation sets (18 for SHP, 2 for HH).
+    in file order, the layout of the ROSE paper's single-file validation sets (18 for SHP, 2 for HH),
+    named by `names` (the files carry no names: SHP's blocks are its subreddits in alphabetical
+    order, the test files' order) or block00, block01, ...
     """
     if subtasks in ("file", "field"):
         return records
@@ -375,9 +378,12 @@ def assign_subtasks(records: list, subtasks: str | int) -> list:
         units = list(dict.fromkeys(r.origin for r in records))
         if len(units) % subtasks:
             raise InputError(records[0].origin.path, f"{len(units)} prompts cannot be split into {subtasks} equal subtask blocks", field="subtasks")
+        if names and len(names) != subtasks:
+            raise InputError(records[0].origin.path, f"{len(names)} subtask names for {subtasks} blocks", field="subtask_names")
         size = len(units) // subtasks
+        label = list(names) or [f"block{i:02d}" for i in range(subtasks)]
         block = {u: i // size for i, u in enumerate(units)}
-        return [replace(r, subtask=f"block{block[r.origin]:02d}") for r in records]
+        return [replace(r, subtask=label[block[r.origin]]) for r in records]
     raise InputError(records[0].origin.path, f"unknown subtasks setting {subtasks!r}; expected file, field, none or a positive integer")
 
 

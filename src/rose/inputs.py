@@ -67,7 +67,8 @@ class RunInputs:
         files = expand_globs(source.paths)
         if not files:
             raise InputError("data", "no preference files configured", field="paths")
-        pairs = read_preferences(files, source.format, source.pairs, source.subtasks, self.config.data.empty_responses, source.columns)
+        pairs = read_preferences(files, source.format, source.pairs, source.subtasks, self.config.data.empty_responses, source.columns,
+                                 source.subtask_names)
         return [pairs[i] for i in sample_indices(len(pairs), source.limit, self.config.seed + seed_offset)]
 
     @cached_property

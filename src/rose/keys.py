@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, TrainConfig, expand_globs
+from .config import PreferenceSource, RunConfig, TrainConfig, expand_globs
 from .selectors import get_selector
 from .sources import source_digest
 
@@ -46,6 +46,12 @@ def input_digests(config: RunConfig) -> InputDigests:
     return InputDigests(of(data.pool), of(data.validation.paths), of(data.heldout.paths + data.test + data.heldout_exclude))
 
 
+def preference_source(section: PreferenceSource) -> dict:
+    """A preference source as it enters keys; unnamed subtask blocks leave keys as they were before
+    blocks could be named, so earlier runs' stages stay valid."""
+    return {k: v for k, v in asdict(section).items() if k != "subtask_names" or v}
+
+
 def training(section: TrainConfig) -> dict:
     """A training section as it enters keys: how often resume points are saved does not change the
     weights, so it does not make a finished stage stale."""
@@ -61,9 +67,9 @@ class KeyParts:
         # a run may move between devices; compiling blocks and sharding the model change speed and memory, not results
         self.model = {k: v for k, v in asdict(c.model).items() if k not in ("device", "compile_blocks", "shard")}
         self.pool = fingerprint([digests.pool, c.data.pool_limit, c.data.columns, c.data.response_template, c.seed, self.model])
-        self.validation = fingerprint([self.model, c.seed, asdict(c.data.validation), digests.validation, c.data.empty_responses])
+        self.validation = fingerprint([self.model, c.seed, preference_source(c.data.validation), digests.validation, c.data.empty_responses])
         # the held-out set depends on the validation prompts only when those are excluded from it
-        self.evaluation = fingerprint([self.model, c.seed, asdict(c.data.heldout), c.data.test, c.data.test_limit,
+        self.evaluation = fingerprint([self.model, c.seed, preference_source(c.data.heldout), c.data.test, c.data.test_limit,
                                        c.data.empty_responses, c.data.heldout_exclude_validation, digests.evaluation,
                                        self.validation if c.data.heldout_exclude_validation else None])
         self.lora = asdict(c.lora)

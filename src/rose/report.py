@@ -23,8 +23,22 @@ KEY_METRICS = ("planted_precision", "base_rate", "heldout_pref_acc", "reward_mar
                "golden_nll", "base_golden_nll", "judge_win_rate", "n_pairs", "n_selected", "n_pool")
 
 
+def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% at z = 1.96) of a proportion observed over n trials: the
+    proportions p whose score test, |share - p| <= z sqrt(p (1 - p) / n), does not reject `share`.
+    Unlike share +- z sqrt(share (1 - share) / n), it stays inside [0, 1] at accuracies near 0 or 1."""
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (share * (1 - share) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
     rows = [(k, _fmt(summary[k])) for k in KEY_METRICS if k in summary]
+    if "heldout_pref_acc" in summary and summary.get("n_pairs"):
+        # pairs of one prompt are not independent trials, so the interval is a little too narrow there
+        lo, hi = wilson_interval(summary["heldout_pref_acc"], summary["n_pairs"])
+        rows.insert([k for k, _ in rows].index("heldout_pref_acc") + 1,
+                    ("heldout_pref_acc 95% CI", f"{lo:.4f} to {hi:.4f} (Wilson score interval over {summary['n_pairs']} pairs)"))
     rows += [(f"time {k}", f"{v:.1f} s") for k, v in summary.get("stage_seconds", {}).items()]
     if "total_seconds" in summary:
         rows.append(("time total", f"{summary['total_seconds']:.1f} s"))

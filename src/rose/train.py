@@ -82,11 +82,13 @@ def train_lora(
     dist_ctx: Dist,
     save_checkpoints: bool,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[int, list[float], list[float]], None] | None = None,
 ) -> list[Checkpoint]:
     """Train the LoRA weights of `model` on `examples`; resume from the last complete epoch in out_dir.
 
     The loss of a step is the mean over its examples of each example's mean response-token NLL,
-    the same loss whose per-example gradients the train-gradient stage takes.
+    the same loss whose per-example gradients the train-gradient stage takes. `on_epoch(first
+    global step, losses, lrs)` receives each finished epoch's steps on the main process (trackers).
     """
     params = lora_parameters(model)
     device = next(iter(params.values())).device
@@ -159,6 +161,8 @@ def train_lora(
             if dist_ctx.is_main:
                 if keep:
                     _save(model, state, checkpoints[epoch], cfg, epoch + 1, global_step + 1, lrs, losses)
+                if on_epoch is not None:
+                    on_epoch(epoch * steps_per_epoch, losses, lrs)
                 shutil.rmtree(resume_point.path, ignore_errors=True)
             dist_ctx.barrier()
             first_step, lrs, step_losses = 0, [], []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..inputs import sample_indices
@@ -25,7 +26,8 @@ def warmup(run: Run, sd: StageDir) -> dict:
     subset = sample_indices(n, max(1, math.ceil(cfg.warmup.fraction * n)), cfg.seed + 10)
     log.info("warm-up: %d of %d pool examples, %d epochs", len(subset), n, cfg.warmup.epochs)
     ckpts = train_lora(run.model.fresh_adapters(), [pool.encoded[i] for i in subset], cfg.warmup, sd.path, run.model.pad_id,
-                       cfg.seed, run.dist, save_checkpoints=True, log=log.info)
+                       cfg.seed, run.dist, save_checkpoints=True, log=log.info,
+                       on_epoch=partial(run.tracker.log_steps, "warmup"))
     return {"checkpoints": [c.path.name for c in ckpts], "subset": [pool.records[i].id for i in subset],
             **work(len(subset), [pool.encoded[i] for i in subset], cfg.warmup.epochs)}
 
