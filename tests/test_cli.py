@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from rose import __version__
-from rose.cli import build_parser, config_overrides, main
+from rose.cli import main, parse_args
 from rose.report import wilson_interval
 from rose.stages import STAGES
 from rose.store import MANIFEST, read_json
@@ -160,10 +160,12 @@ def test_version_global_flags_after_the_subcommand_and_dashed_overrides(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"rose {__version__}"
-    parse = lambda argv: build_parser().parse_args(config_overrides(argv))  # noqa: E731
+    parse = parse_args
     args = parse(["run", "--select.fraction=0.1", "c.yaml", "-q", "--seed", "3", "model.device=cpu"])
     assert (args.config, args.quiet, args.overrides) == ("c.yaml", True, ["select.fraction=0.1", "seed=3", "model.device=cpu"])
     assert parse(["-q", "run", "c.yaml"]).quiet and not parse(["run", "c.yaml"]).quiet
+    args = parse(["compare", "c.yaml", "--report-only", "compare.results_json=null", "--seed=1"])
+    assert args.report_only and args.overrides == ["compare.results_json=null", "seed=1"]
     assert main(["config", "--select.fraction=0.3", "--seed", "4"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["select"]["fraction"] == 0.3 and resolved["seed"] == 4

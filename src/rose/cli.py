@@ -183,8 +183,19 @@ def checked_inputs(config, stages: list[str]) -> RunInputs:
     return inputs
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, with config overrides accepted anywhere (also after a command's own flags)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(config_overrides(argv))
+    if extra and (not hasattr(args, "overrides") or not all("=" in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(config_overrides(list(sys.argv[1:] if argv is None else argv)))
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     _setup_logging(args.quiet)
     if args.command == "config" and args.config and "=" in args.config and not Path(args.config).exists():
         args.config, args.overrides = None, [args.config, *args.overrides]  # `rose config KEY=VALUE`: no file
