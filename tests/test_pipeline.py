@@ -98,8 +98,10 @@ def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(fini
     projected = np.load(run_dir / "scores/scores.npy")
     # how often resume points are saved is no part of a stage's key either
     variants = {"exact": {"gradients.projection": "none", "warmup.resume_every": 7}, "less": {"select.method": "less"}}
+    reused = {"exact": ["warmup", "base-logprobs"], "less": ["warmup", "base-logprobs", "train-grads"]}  # same keys
     for name, overrides in variants.items():
-        shutil.copytree(run_dir / "warmup", tmp_path / name / "warmup")  # same key: reused, not retrained
+        for stage in reused[name]:
+            shutil.copytree(run_dir / STAGES[stage].folder, tmp_path / name / STAGES[stage].folder)
         variant = run_stages(tiny_config(tmp_path / name, demo_files, **overrides), ["warmup", "base-logprobs", "val-grads", "train-grads", "score"])
         scores = np.load(tmp_path / name / "scores/scores.npy")
         assert planted[np.argsort(-scores)[: planted.sum()]].mean() >= 0.5  # base rate 1/8
