@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import time
 from pathlib import Path
 
 import torch
 import yaml
+from grad_throughput import matmul_tflops  # the card's bf16 rate, measured as the throughput benchmark does
 
 ARCHS = {
     "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -39,23 +39,6 @@ ARCHS = {
                  max_position_embeddings=4096, tie_word_embeddings=False),  # a CPU check of this script
 }
 FORWARD_ONLY = {"base-logprobs", "evaluate"}
-
-
-def matmul_tflops() -> float:
-    if not torch.cuda.is_available():
-        return float("nan")
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
 def build_model(folder: Path, tokenizer_dir: Path, arch: str, layers: int | None) -> None:
@@ -169,7 +152,7 @@ def main() -> None:
     from rose.pipeline import run_stages
 
     run_stages(load_config(config), args.stages or None)
-    tflops = matmul_tflops()
+    tflops = matmul_tflops(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     body, head = parameter_counts(model_dir, args.rank)
     rows = stage_table(Path(args.work) / "run", body, head, tflops)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
