@@ -24,8 +24,8 @@ import torch
 
 from rose.encoding import Encoded, collate
 from rose.grads.adam import AdamMoments, adam_direction
-from rose.grads.project import Projector
 from rose.grads.oracle import flat_grad
+from rose.grads.project import Projector
 
 PROJECT_INTERVAL = 16  # LESS's project_interval: examples per projection call
 

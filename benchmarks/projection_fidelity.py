@@ -20,17 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rose.compare import link_cache
 from rose.config import load_config
 from rose.context import Run
 from rose.grads import engine
 from rose.grads.losses import SFTLoss
 from rose.grads.project import make_projector
 from rose.grads.sinks import ExactCosines, ProjectedFeatures, RawGradients
-from rose.inputs import sample_indices
-from rose.pipeline import run_stages
 from rose.influence import aggregate, checkpoint_weights
-from rose.stages.val_grads import validation_grads
+from rose.inputs import sample_indices
+from rose.pipeline import link_cache, run_stages
+from rose.stages.val_grads import target_grads, validation_targets
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,7 +69,8 @@ def main() -> None:
     for ckpt, weight in zip(ckpts, weights):
         run.model.load_adapter(ckpt.adapter)
         moments = ckpt.moments(run.model.param_names).to(run.device)
-        targets = validation_grads(run, RawGradients(sum(run.model.segments))).to(run.device).split(run.model.segments, dim=1)
+        raw = RawGradients(sum(run.model.segments))
+        targets = torch.cat([target_grads(run, t, raw) for t in validation_targets(run)]).to(run.device).split(run.model.segments, dim=1)
         sinks = {"exact": ExactCosines(targets, moments)}
         val_features = {}
         for name, projector in projectors.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rose.influence import checkpoint_weights, influence
+from rose.influence import aggregate, checkpoint_weights, pair_weights, similarities
 
 
 def _unit(rng, n, d):
@@ -21,7 +21,7 @@ def test_influence_matches_the_definition():
     subtasks = ["a", "b", "a", "c", "b", "a"]
     weights = checkpoint_weights([2e-5, 1e-5, 1e-5])
     blocks = [[t[:10], t[10:20], t[20:]] for t in train]  # shards of 10 rows
-    scores, per_subtask = influence(blocks, val, weights, subtasks)
+    scores, per_subtask = aggregate(similarities(blocks, val, pair_weights("lr", [2e-5, 1e-5, 1e-5], m)), subtasks)
     for i in range(n):
         by_task = {}
         for j, s in enumerate(subtasks):

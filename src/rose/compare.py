@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ POLL_SECONDS = 5.0  # how often a worker whose variants are all busy looks again
 class Variant:
     name: str
     group: str  # "main", "budget" or "shots"
-    method: str
+    method: str  # a registered method or a compare.ablations name: the label in results and reports
     fraction: float
     seed: int | None  # selection seed (random)
     finetune_seed: int
@@ -43,11 +43,11 @@ class Variant:
 
 
 def runs_of(config: RunConfig, method: str) -> list[tuple[int | None, int]]:
-    """(selection seed, fine-tune seed) of each run of a method: random's selection seeds, each
-    fine-tuned with the first fine-tune seed, or, for every other method, its one selection (a
-    deterministic one) fine-tuned with each of compare.finetune_seeds."""
+    """(selection seed, fine-tune seed) of each run of a method (or ablation): random's selection
+    seeds, each fine-tuned with the first fine-tune seed, or, for every other method, its one
+    selection (a deterministic one) fine-tuned with each of compare.finetune_seeds."""
     cmp = config.compare
-    if get_selector(method).seeded:
+    if get_selector(cmp.select_for(method, config.select).method).seeded:
         return [(seed, cmp.finetune_seeds[0]) for seed in cmp.random_seeds]
     return [(None, finetune_seed) for finetune_seed in cmp.finetune_seeds]
 
@@ -60,10 +60,10 @@ def variants(config: RunConfig) -> list[Variant]:
     out: dict[str, Variant] = {}
 
     def add(group: str, method: str, fraction: float, seed: int | None, finetune_seed: int, shots: str | None = None) -> None:
-        selects_all = get_selector(method).selects_all
+        select = replace(cmp.select_for(method, config.select), fraction=fraction, seed=seed or 0)
+        selects_all = get_selector(select.method).selects_all
         name = method + (f"-seed{seed}" if seed is not None else "") + ("" if selects_all else f"-p{fraction:g}")
         name += (f"-ft{finetune_seed}" if finetune_seed else "") + (f"-{shots}shot" if shots is not None else "")
-        select = replace(config.select, method=method, fraction=fraction, seed=seed or 0)
         data = config.data if shots is None else replace(config.data, validation=replace(config.data.validation, paths=cmp.shots[shots]))
         finetune = replace(config.finetune, seed=finetune_seed, **({"epochs": cmp.full_epochs} if selects_all else {}))
         run_dir = str(Path(config.run_dir) / "variants" / name)
@@ -98,7 +98,8 @@ def run_variant(variant: Variant, cache: Path, base: Run, wait: bool = True) -> 
     evaluation = run.dir / STAGES["evaluate"].folder
     metrics = read_json(evaluation / "metrics.json")
     selection = read_json(run.dir / STAGES["select"].folder / "selection.json")
-    result = {"group": variant.group, "method": variant.method, "fraction": variant.fraction, "seed": variant.seed,
+    result = {"group": variant.group, "method": variant.method, "selector": variant.config.select.method,
+              "options": asdict(run.options), "fraction": variant.fraction, "seed": variant.seed,
               "finetune_seed": variant.finetune_seed, "shots": variant.shots, "n_selected": selection["n_selected"],
               "sources": selection["sources"], **metrics}
     if (evaluation / HELDOUT_CORRECT).is_file():  # in results.json, so that a report rewritten from it has the intervals
@@ -125,11 +126,20 @@ def prepare_shared(config: RunConfig, dist: Dist | None = None) -> None:
     the full-pool fine-tune, which every task with the same pool reuses. Run it under torchrun on
     every GPU, then start workers for the rest."""
     dist, every = dist or Dist.from_env(), variants(config)
-    todo = [(v, ["warmup", "base-logprobs", "val-grads", "train-grads"]) for v in every if get_selector(v.method).uses_gradients][:1]
-    todo += [(v, ["score", "select", "finetune"]) for v in every if get_selector(v.method).selects_all]
+    todo = [(v, ["warmup", "base-logprobs", "val-grads", "train-grads"]) for v in every if get_selector(v.config.select.method).uses_gradients][:1]
+    todo += [(v, ["score", "select", "finetune"]) for v in every if get_selector(v.config.select.method).selects_all]
     for variant, stages in todo:
         run = _linked(Run(variant.config, dist), cache_dir(config))
         run_stages(variant.config, stages, base=run)
+
+
+def _priority(config: RunConfig, variant: Variant) -> tuple[float, int]:
+    """Largest fine-tunes first, so that workers sharing the comparison finish at about the same
+    time; then every method's first run before any method's second, so that a comparison stopped
+    early (a time limit) has every method in it."""
+    size = 1.0 if get_selector(variant.config.select.method).selects_all else variant.fraction
+    runs = runs_of(config, variant.method)
+    return -size, runs.index((variant.seed, variant.finetune_seed)) if (variant.seed, variant.finetune_seed) in runs else 0
 
 
 def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> dict[str, dict]:
@@ -147,8 +157,7 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
     if base.dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
         record_config(base)
-    # largest fine-tunes first, so that workers sharing the comparison finish at about the same time
-    pending = sorted(variants(config), key=lambda v: -(1.0 if get_selector(v.method).selects_all else v.fraction))
+    pending = sorted(variants(config), key=lambda v: _priority(config, v))
     while pending:
         busy = []
         for variant in pending:

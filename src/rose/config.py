@@ -296,11 +296,50 @@ def known_method(name: str, value: Any) -> None:
 
 @dataclass
 class SelectConfig(Section):
+    """The method and its options. An option left null takes the method's own default (the paper's
+    choice for rose-paper, the study's for rose; `rose config --keys` lists them, docs/results.md
+    gives the study); an option a method does not take is an error."""
+
     fraction: float = _f(0.05, "Share of the pool to select (top scores).", check=FRACTION)
-    method: str = _f("rose", "A registered selection method: rose (DPO validation gradients), less (SFT validation gradients "
-                             "of the chosen responses), random, bm25 (against validation prompts + chosen), embedding (base "
-                             "model's mean hidden state, cosine), or full (the whole pool).", check=known_method)
+    method: str = _f("rose", "A registered selection method: rose (DPO validation gradients), rose-paper (the paper's "
+                             "method exactly, no options), less (SFT validation gradients of the chosen responses), random, "
+                             "bm25 (against validation prompts + chosen), embedding (base model's mean hidden state, cosine), "
+                             "rds+ (RDS+: position-weighted mean hidden state, round-robin over subtasks), hybrid (rank "
+                             "average of rose and rds+), or full (the whole pool).", check=known_method)
     seed: int = _f(0, "Seed of the random baseline.", check=NON_NEGATIVE)
+    balance: str | None = _f(None, "How the budget is shared: none (the top scores overall), subtasks or pairs (round-robin: "
+                                   "each subtask's, or validation pair's, next-best example not yet taken, in turn).",
+                             check=optional(one_of("none", "subtasks", "pairs")))
+    over_shots: str | None = _f(None, "A subtask's score from its validation pairs' similarities: mean or max.",
+                                check=optional(one_of("mean", "max")))
+    over_subtasks: str | None = _f(None, "An example's score from its subtask scores: max or mean.", check=optional(one_of("max", "mean")))
+    checkpoint_weights: str | None = _f(None, "Gradient methods: each warm-up checkpoint's weight: lr (its mean learning rate, "
+                                              "normalised), lr_dpo (times each pair's DPO sigmoid weight sigma(-beta margin) "
+                                              "there: pairs the checkpoint already ranks right count less) or last (the "
+                                              "last checkpoint alone).", check=optional(one_of("lr", "lr_dpo", "last")))
+    sides: str | None = _f(None, "rose: what a pair's target is: pair (its DPO gradient), apart (cosine with the chosen "
+                                 "response's gradient minus cosine with the rejected one's) or chosen (the chosen one's: "
+                                 "LESS's target).", check=optional(one_of("pair", "apart", "chosen")))
+    dpo_logprobs: str | None = _f(None, "rose: the DPO margin of the validation gradient from summed (paper) or per-token "
+                                        "mean response log-probs.", check=optional(one_of("sum", "mean")))
+    precondition: str | None = _f(None, "Gradient methods: what is done to the validation gradients: none (paper), adam "
+                                        "(divided by sqrt(v + eps), v the checkpoint's second moment) or gist (pool and "
+                                        "validation features projected onto the validation features' top gist_rank "
+                                        "singular directions before the cosine, as GIST does).",
+                                  check=optional(one_of("none", "adam", "gist")))
+    gist_rank: int | None = _f(None, "precondition=gist: the subspace's dimension (capped at the number of validation pairs).",
+                               check=optional(POSITIVE))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.options  # noqa: B018 - an option the method does not take is reported here, with the config
+
+    @property
+    def options(self):
+        """The method's options: those set here, its own defaults for the rest (`Selector.resolve`)."""
+        from .selectors import OPTION_NAMES, get_selector
+
+        return get_selector(self.method).resolve({name: getattr(self, name) for name in OPTION_NAMES})
 
 
 @dataclass
@@ -322,19 +361,66 @@ class EvalConfig(Section):
 @dataclass
 class CompareConfig(Section):
     methods: list[str] = _f(["rose", "less", "random", "bm25", "embedding", "full"], "Methods of the main comparison, all at "
-                            "select.fraction.", check=each(known_method))
+                            "select.fraction: registered methods or names of compare.ablations.", check=each(nonempty_text))
     random_seeds: list[int] = _f([0, 1, 2], "Selection seeds of the random baseline (mean and spread are reported).", check=each(NON_NEGATIVE))
     finetune_seeds: list[int] = _f([0], "Fine-tune seeds (finetune.seed) of every other method: several fine-tunes of its one "
                                         "selection, for mean ± std and paired intervals; random takes the first.",
                                    check=each(NON_NEGATIVE, nonempty=True))
     budgets: list[float] = _f([0.01, 0.05, 0.1, 0.2], "Data budgets (shares of the pool) for the budget sweep.", check=each(FRACTION))
-    budget_methods: list[str] = _f(["rose", "less", "random"], "Methods of the budget sweep.", check=each(known_method))
+    budget_methods: list[str] = _f(["rose", "less", "random"], "Methods of the budget sweep.", check=each(nonempty_text))
     shots: dict[str, list[str]] = _f({}, "Few-shot sweep: name -> validation files (e.g. {'1': [...], '10': [...]}).", path=True)
-    shot_methods: list[str] = _f(["rose", "less"], "Methods of the few-shot sweep (at select.fraction).", check=each(known_method))
+    shot_methods: list[str] = _f(["rose", "less"], "Methods of the few-shot sweep (at select.fraction).", check=each(nonempty_text))
+    ablations: dict[str, dict[str, Any]] = _f({}, "Named variants of a method, usable in methods, budget_methods and "
+                                                  "shot_methods: name -> select options, e.g. {rose-rr: {method: rose, "
+                                                  "balance: subtasks}} (fraction and seed come from the comparison).")
     full_epochs: int = _f(1, "Fine-tuning epochs on the full pool (it is 1/fraction times larger than a selection).", check=POSITIVE)
     results_json: str | None = _f(None, "Where to write the per-method results JSON (default run_dir/compare/methods.json).", path=True, check=optional(nonempty_text))
     cache_dir: str | None = _f(None, "Shared stage folders (default run_dir/cache); point several tasks at one to share "
                                      "the warm-up and pool gradients.", path=True, check=optional(nonempty_text))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, options in self.ablations.items():
+            ablation_select(name, options)
+        for key in ("methods", "budget_methods", "shot_methods"):
+            for i, name in enumerate(getattr(self, key)):
+                if name not in self.ablations:
+                    try:
+                        known_method(f"{key}[{i}]", name)
+                    except ConfigError as e:
+                        raise ConfigError(f"{e}; or a name of compare.ablations") from None
+
+    def select_for(self, name: str, base: SelectConfig) -> SelectConfig:
+        """The select section of the comparison's method `name`: a registered method with those of
+        the run's options that it takes, or an ablation's method with its own options (the others unset)."""
+        from .selectors import OPTION_NAMES, get_selector
+
+        if name in self.ablations:
+            return dataclasses.replace(base, **{**dict.fromkeys(OPTION_NAMES), **self.ablations[name]})
+        takes = get_selector(name).options
+        return dataclasses.replace(base, method=name, **{option: None for option in OPTION_NAMES if option not in takes})
+
+
+ABLATION_KEYS = {f.name for f in dataclasses.fields(SelectConfig)} - {"fraction", "seed"}
+
+
+def ablation_select(name: str, options: dict[str, Any]) -> None:
+    """Check one compare.ablations entry: a method that is registered (and is not the name itself)
+    and options that it takes."""
+    where = f"ablations[{name}]"
+    nonempty_text(f"{where} name", name)
+    if "method" not in options:
+        raise ConfigError(f"{where}: needs a method, e.g. {{method: rose, balance: subtasks}}")
+    if unknown := set(options) - ABLATION_KEYS:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(ABLATION_KEYS))}")
+    from .selectors import SELECTORS
+
+    if name in SELECTORS:
+        raise ConfigError(f"{where}: the name of a registered method; name the variant otherwise")
+    try:
+        build(SelectConfig, options)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 @dataclass
@@ -353,6 +439,12 @@ class RunConfig(Section):
     report_to: list[str] = _f([], "Experiment trackers for losses, learning rates, stage timings and metrics: any of "
                                   "tensorboard (run_dir/tensorboard), wandb, mlflow, trackio (each its own package).",
                               check=each(check_available))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.select.options.precondition == "gist" and self.gradients.projection == "none":
+            raise ConfigError("select.precondition=gist projects the stored features onto a subspace; exact scoring "
+                              "(gradients.projection=none) stores cosines, not features")
 
 
 # ----------------------------------------------------------------------------- building from dicts

@@ -41,7 +41,7 @@ from .models import (
     set_adapter_dtype,
     shard_model,
 )
-from .selectors import Selector, get_selector
+from .selectors import SelectionOptions, Selector, get_selector
 from .stages import STAGES
 from .store import StageDir
 from .trackers import Trackers
@@ -156,6 +156,7 @@ class Run:
         self.dist = dist or Dist()
         self.device = self.dist.device(config.model.device)
         self.selector: Selector = get_selector(config.select.method)
+        self.options: SelectionOptions = config.select.options
         self.inputs = inputs if inputs is not None and inputs.config == config else RunInputs(config)
         self.loaded = loaded or Loaded()
         self.tracker = Trackers()  # none unless the pipeline opens the configured ones (report_to)

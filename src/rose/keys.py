@@ -74,6 +74,7 @@ class KeyParts:
                                        self.validation if c.data.heldout_exclude_validation else None])
         self.lora = asdict(c.lora)
         self.selector = get_selector(c.select.method)
+        self.options = c.select.options
 
     def stage(self, name: str) -> str:
         return self._upstream[name]

@@ -19,6 +19,27 @@ def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
     return order[:k]
 
 
+def round_robin(columns: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of round(fraction * N) (at least 1) examples taken in turn from each column of
+    [N, K] scores: column 0's best, column 1's best, ..., then each column's next best not yet
+    taken, and so on (ties by pool order). Every subtask (or validation pair) gets its share of
+    the budget, however the scales of their scores differ; the rule of RDS+ over tasks (Ivison
+    et al. 2025) and of the round-robin selection of Nayak et al. (2026), whose turns never go to waste."""
+    columns = np.asarray(columns)
+    n, k = columns.shape[0], max(1, int(round(fraction * columns.shape[0])))
+    rankings = [np.lexsort((np.arange(n), -columns[:, j])) for j in range(columns.shape[1])]
+    taken, order, heads = np.zeros(n, dtype=bool), [], [0] * len(rankings)
+    while len(order) < k:
+        for j, ranking in enumerate(rankings):
+            while taken[ranking[heads[j]]]:
+                heads[j] += 1
+            taken[ranking[heads[j]]] = True
+            order.append(ranking[heads[j]])
+            if len(order) == k:
+                break
+    return np.asarray(order, dtype=np.int64)
+
+
 def source_counts(pool: Sequence[Example], indices: Sequence[int]) -> dict[str, dict[str, float]]:
     """Per pool source: how many examples it has, how many were selected, and its share of the selection."""
     in_pool = Counter(ex.source for ex in pool)
@@ -36,7 +57,7 @@ def write_selection(out_dir: Path, pool: Sequence[Example], indices: np.ndarray,
         "method": method,
         "n_pool": len(pool),
         "n_selected": int(len(indices)),
-        "threshold": float(scores[indices[-1]]),
+        "threshold": float(scores[indices].min()),
         "sources": source_counts(pool, indices),
         "selected": [{"id": pool[i].id, "source": pool[i].source, "score": float(scores[i])} for i in indices],
     }

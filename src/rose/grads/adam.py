@@ -20,6 +20,12 @@ class AdamMoments:
     def to(self, device: torch.device) -> AdamMoments:
         return AdamMoments(self.exp_avg.to(device), self.exp_avg_sq.to(device), self.beta1, self.beta2, self.eps)
 
+    def preconditioner(self) -> AdamMoments:
+        """The state whose `adam_direction` is g / sqrt(v + eps): Adam's diagonal preconditioner at
+        this checkpoint without its momentum (which belongs to the warm-up data, not to the gradient
+        at hand), for preconditioning validation gradients (select.precondition=adam)."""
+        return AdamMoments(torch.zeros_like(self.exp_avg), self.exp_avg_sq, 0.0, 1.0, self.eps)
+
     def split(self, segments: list[int]) -> list[AdamMoments]:
         """One AdamMoments per segment of the flat parameter vector."""
         if sum(segments) != self.exp_avg.numel():

@@ -119,14 +119,28 @@ class SFTLoss:
         return sft_losses(logp, n_tokens).sum()
 
 
+def dpo_sigmoid_weights(policy: torch.Tensor, reference: torch.Tensor, n_tokens: torch.Tensor, beta: float,
+                        per_token: bool = False) -> torch.Tensor:
+    """[M] sigma(-beta * margin) of each pair from [M, 2] (chosen, rejected) log-probs: the factor
+    the DPO gradient of a pair carries, near 1 for a pair the policy ranks wrong, near 0 for one it
+    ranks right by far. `per_token`: log-ratios divided by each response's token count."""
+    ratio = policy - reference
+    if per_token:
+        ratio = ratio / n_tokens.clamp(min=1)
+    return torch.sigmoid(-beta * (ratio[:, 0] - ratio[:, 1]))
+
+
 @dataclass(frozen=True)
 class DPOLoss:
     """The DPO loss of each preference pair (Rafailov et al. 2023), against the reference model's
     summed log-probs [M, 2] (chosen, rejected): ROSE's validation loss. An item is a pair, whose
-    chosen and rejected responses go through the network as two sequences."""
+    chosen and rejected responses go through the network as two sequences. `per_token`: the
+    margin from per-token mean log-ratios instead of summed ones (select.dpo_logprobs=mean), so a
+    long response does not outweigh a short one."""
 
     reference: torch.Tensor
     beta: float
+    per_token: bool = False
     sequences_per_item = 2
 
     def sequences(self, item: tuple[Encoded, Encoded]) -> tuple[Encoded, ...]:
@@ -134,7 +148,11 @@ class DPOLoss:
 
     def __call__(self, logp: torch.Tensor, n_tokens: torch.Tensor, items: Sequence[int]) -> torch.Tensor:
         ref = self.reference[items].to(logp.device)
-        return dpo_losses(logp[0::2], logp[1::2], ref[:, 0], ref[:, 1], self.beta).sum()
+        chosen, rejected = logp[0::2], logp[1::2]
+        if self.per_token:
+            ref = ref / n_tokens.view(-1, 2).clamp(min=1)
+            chosen, rejected = chosen / n_tokens[0::2].clamp(min=1), rejected / n_tokens[1::2].clamp(min=1)
+        return dpo_losses(chosen, rejected, ref[:, 0], ref[:, 1], self.beta).sum()
 
 
 ItemLoss = SFTLoss | DPOLoss

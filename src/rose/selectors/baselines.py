@@ -1,7 +1,7 @@
 """Selectors that need no gradients or model: random, the full pool, and BM25.
 
 BM25 scores every pool example (all its turns) against each validation item (prompt + chosen),
-and the same mean-over-shots / max-over-subtasks aggregation as ROSE applies.
+and the same aggregation as ROSE applies (mean over shots, max over subtasks, unless its options say otherwise).
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..influence import aggregate
-from . import Scores, Selector, register_selector
+from . import SIMILARITY_OPTIONS, Scores, Selector, register_selector, similarity_scores
 
 if TYPE_CHECKING:
     from ..context import Run
@@ -48,14 +47,11 @@ def bm25_similarities(pool: Sequence[Example], targets: Sequence[PreferencePair]
 
 
 def _bm25(run: Run) -> Scores:
-    pairs = run.validation.records
-    subtasks = [p.subtask for p in pairs]
-    scores, per_subtask = aggregate(bm25_similarities(run.pool.records, pairs), subtasks)
-    return Scores(scores, per_subtask, list(dict.fromkeys(subtasks)))
+    return similarity_scores(run, bm25_similarities(run.pool.records, run.validation.records))
 
 
 register_selector(Selector("random", "A uniform random subset (select.seed).", _random, seeded=True))
 # the whole pool: its order (random) does not matter, since training shuffles it
 register_selector(Selector("full", "The whole pool (select.fraction is ignored).", _random, selects_all=True))
 register_selector(Selector("bm25", "BM25 similarity of each pool example to the validation prompts + chosen responses.",
-                           _bm25, reads_validation=True))
+                           _bm25, reads_validation=True, options=SIMILARITY_OPTIONS))

@@ -4,39 +4,74 @@ score(z) = sum over warm-up checkpoints of lr_c x cos(Adam direction of z's SFT 
 validation gradient), averaged over the validation pairs of each subtask, then the max over
 subtasks. ROSE takes each pair's DPO-loss gradient (reward orientation); LESS the SFT gradient of
 the chosen response (Xia et al. 2024). Everything but the validation loss is shared.
+
+`rose-paper` is exactly that, with no options. `rose` takes the options of the selection study
+(`SelectionOptions`: round-robin selection, other aggregations and checkpoint weights, chosen and
+rejected apart, per-token DPO margins, preconditioned validation gradients); its defaults are the
+study's choice (docs/results.md).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import Scores, Selector, register_selector
+from . import DPO_OPTIONS, GRADIENT_OPTIONS, Scores, SelectionOptions, Selector, register_selector
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..context import Run
 
 
-def influence_scores(run: Run) -> Scores:
-    """Scores from the stored train and validation gradients, weighted by each checkpoint's mean lr."""
+def gradient_similarities(run: Run) -> tuple[np.ndarray, dict]:
+    """([N, M] weighted cosine of every pool example with every validation pair, what to keep in
+    scores.json), from the stored train and validation gradients and the method's options."""
     import numpy as np
 
-    from ..influence import checkpoint_weights, influence
+    from ..influence import pair_weights, similarities, subspace
+    from ..stages.val_grads import DPO_WEIGHTS, target_kind
     from ..store import open_shards
 
+    options = run.options
     train_sd, val_sd = run.require("train-grads"), run.require("val-grads")
     tm, vm = train_sd.manifest(), val_sd.manifest()
-    ckpts = run.checkpoints()
-    weights = checkpoint_weights([c.mean_lr() for c in ckpts])
+    ckpts, n_pairs = run.checkpoints(), len(vm["ids"])
+    apart = target_kind(run.selector, options) == "apart"
     train = [open_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in ckpts]
-    if tm["exact"]:  # the shards already hold cosines with each validation item
-        val = [None] * len(ckpts)
+    if tm["exact"]:  # the shards hold cosines with each target's pairs, target after target
+        combine = np.hstack([np.eye(n_pairs), -np.eye(n_pairs)]) if apart else np.eye(n_pairs)
+        val = [combine] * len(ckpts)
+    elif apart:  # cos(z, chosen) - cos(z, rejected) = <z, chosen - rejected> for unit vectors
+        val = [np.load(val_sd.path / c.path.name / "chosen.npy") - np.load(val_sd.path / c.path.name / "rejected.npy") for c in ckpts]
     else:
         val = [np.load(val_sd.path / c.path.name / "grads.npy") for c in ckpts]
-    scores, per_subtask = influence(train, val, weights, vm["subtasks"], run.device)
-    return Scores(scores, per_subtask, list(dict.fromkeys(vm["subtasks"])), {"checkpoint_weights": weights.tolist()})
+    dpo = [np.load(val_sd.path / c.path.name / DPO_WEIGHTS) for c in ckpts] if options.checkpoint_weights == "lr_dpo" else None
+    weights = pair_weights(options.checkpoint_weights, [c.mean_lr() for c in ckpts], n_pairs, dpo)
+    bases = [subspace(v, options.gist_rank) for v in val] if options.precondition == "gist" else None
+    info = {"checkpoint_weights": weights.mean(axis=1).tolist()}
+    if options.checkpoint_weights == "lr_dpo":
+        info["pair_weights"] = weights.tolist()
+    return similarities(train, val, weights, run.device, bases), info
 
 
-register_selector(Selector("rose", "ROSE: influence on the DPO loss of the target's preference pairs (Wu et al. 2025).",
-                           influence_scores, validation_loss="dpo", reads_validation=True))
+def influence_scores(run: Run) -> Scores:
+    """Scores from the stored gradients: similarities, then the mean (or max) over each subtask's
+    pairs and the max (or mean) over subtasks."""
+    from ..influence import aggregate
+
+    sims, info = gradient_similarities(run)
+    subtasks = run.require("val-grads").manifest()["subtasks"]
+    scores, per_subtask = aggregate(sims, subtasks, run.options.over_shots, run.options.over_subtasks)
+    return Scores(scores, per_subtask, list(dict.fromkeys(subtasks)), info, per_pair=sims)
+
+
+PAPER = SelectionOptions()
+
+register_selector(Selector("rose", "ROSE: influence on the DPO loss of the target's preference pairs (Wu et al. 2025), with the "
+                                   "selection study's options.",
+                           influence_scores, validation_loss="dpo", reads_validation=True, options=DPO_OPTIONS, defaults=PAPER))
+register_selector(Selector("rose-paper", "ROSE exactly as the paper defines it: lr-weighted cosine with each pair's DPO gradient, "
+                                         "mean over shots, max over subtasks, top scores overall.",
+                           influence_scores, validation_loss="dpo", reads_validation=True, defaults=PAPER))
 register_selector(Selector("less", "LESS: influence on the SFT loss of the target's chosen responses (Xia et al. 2024).",
-                           influence_scores, validation_loss="sft", reads_validation=True))
+                           influence_scores, validation_loss="sft", reads_validation=True, options=GRADIENT_OPTIONS, defaults=PAPER))

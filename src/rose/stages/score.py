@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     from ..context import Run
     from ..store import StageDir
 
+PER_PAIR = "per_pair.npy"  # [N, M] float32: each pool example's similarity with each validation pair
+
 
 def score(run: Run, sd: StageDir) -> dict:
     from ..store import save_array, write_json
@@ -19,17 +21,22 @@ def score(run: Run, sd: StageDir) -> dict:
         return {}
     save_array(sd.path / "scores.npy", result.scores)
     save_array(sd.path / "per_subtask.npy", result.per_subtask)
+    if result.per_pair is not None:  # for round-robin selection over validation pairs
+        save_array(sd.path / PER_PAIR, result.per_pair.astype("float32"))
     write_json(sd.path / "scores.json", {"method": run.selector.name, "ids": [e.id for e in run.pool.records],
                                          "subtasks": result.subtasks, **result.info})
     return {"n": len(result.scores)}
 
 
 def _key(k) -> list:
+    from dataclasses import asdict
+
     selector = k.selector
+    options = {name: value for name, value in asdict(k.options).items() if name != "balance"}  # balance is select's
     if selector.uses_gradients:
-        return [k.stage("train-grads"), k.stage("val-grads"), selector.name]
+        return [k.stage("train-grads"), k.stage("val-grads"), selector.name, options]
     return [k.pool, selector.name, k.config.select.seed if selector.seeded else None,
-            k.validation if selector.reads_validation else None]
+            k.validation if selector.reads_validation else None, options if selector.options else None]
 
 
 register_stage(Stage(

@@ -1,4 +1,5 @@
-"""select: the top share of the pooled training sets by score, in the pool's own format."""
+"""select: the top share of the pooled training sets by score (or round-robin over subtasks or
+validation pairs, select.balance), in the pool's own format."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from typing import TYPE_CHECKING
 from . import Stage, register_stage
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
+
     from ..context import Run
     from ..store import StageDir
 
@@ -14,15 +19,29 @@ if TYPE_CHECKING:
 def select(run: Run, sd: StageDir) -> dict:
     """The selection in every form `exports.write_exports` writes (jsonl, parquet, a saved dataset,
     TRL prompt/completion rows) and every pool example's score as a ranked table."""
-    import numpy as np
-
     from ..exports import write_exports
-    from ..selection import top_fraction
 
     score_dir = run.require("score").path
-    fraction = 1.0 if run.selector.selects_all else run.config.select.fraction
-    info = write_exports(sd.path, run.pool.records, top_fraction(np.load(score_dir / "scores.npy"), fraction), score_dir)
+    indices = selected_order(score_dir, run.options.balance, 1.0 if run.selector.selects_all else run.config.select.fraction)
+    info = write_exports(sd.path, run.pool.records, indices, score_dir)
     return {"n_selected": info["n_selected"], "sources": info["sources"]}
+
+
+def selected_order(score_dir: Path, balance: str, fraction: float) -> np.ndarray:
+    """The selection's pool indices in the order taken: the top scores (balance none), or
+    round-robin over the subtasks' or the validation pairs' scores."""
+    import numpy as np
+
+    from ..errors import RunDirError
+    from ..selection import round_robin, top_fraction
+    from .score import PER_PAIR
+
+    if balance == "none":
+        return top_fraction(np.load(score_dir / "scores.npy"), fraction)
+    columns = score_dir / ("per_subtask.npy" if balance == "subtasks" else PER_PAIR)
+    if not columns.is_file():
+        raise RunDirError(f"{columns}: select.balance={balance} needs the method's per-pair similarities, which it does not have")
+    return round_robin(np.load(columns), fraction)
 
 
 def selected_indices(run: Run) -> list[int]:
@@ -35,5 +54,6 @@ def selected_indices(run: Run) -> list[int]:
 
 register_stage(Stage(
     "select", "selection", "Write the top share of the pool (selected.jsonl, in the pool's own format).",
-    select, key=lambda k: [k.stage("score"), None if k.selector.selects_all else k.config.select.fraction],
+    select, key=lambda k: [k.stage("score"), None if k.selector.selects_all else k.config.select.fraction,
+                           None if k.options.balance == "none" else k.options.balance],
     after=("score",), reads=frozenset({"pool"}), loads_model=False))

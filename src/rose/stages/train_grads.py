@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import Stage, register_stage, work
-from .val_grads import projector, validation_grads
+from .val_grads import preconditioner, projector, target_grads, validation_targets
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 def train_grads(run: Run, sd: StageDir) -> dict:
     import numpy as np
+    import torch
     from tqdm.auto import tqdm
 
+    from ..grads.adam import adam_direction
     from ..grads.sinks import ExactCosines, ProjectedFeatures, RawGradients
     from ..store import save_array, shard_name, shard_ranges
 
@@ -45,8 +47,11 @@ def train_grads(run: Run, sd: StageDir) -> dict:
             continue
         model.load_adapter(ckpt.adapter)
         moments = ckpt.moments(model.param_names).to(run.device)
-        if exact:
-            targets = validation_grads(run, RawGradients(sum(model.segments))).to(run.device)
+        if exact:  # the cosines with every validation target's rows, target after target
+            raw = RawGradients(sum(model.segments))
+            targets = torch.cat([target_grads(run, t, raw) for t in validation_targets(run)]).to(run.device)
+            if (transform := preconditioner(run, moments)) is not None:
+                targets = adam_direction(targets, transform)
             sink = ExactCosines(targets.split(model.segments, dim=1), moments)
         else:
             sink = ProjectedFeatures(features, moments)

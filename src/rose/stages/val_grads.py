@@ -2,11 +2,16 @@
 
 They are plain (SGD) gradients of the selection method's validation loss (`Selector.validation_loss`):
 ROSE's DPO loss of each pair, whose reference is the base model (adapters off, log-probs from
-base-logprobs), or LESS's SFT loss of the chosen response.
+base-logprobs), or LESS's SFT loss of the chosen response. The method's options
+(`SelectionOptions`) can instead take the chosen and rejected responses' gradients apart
+(`sides=apart`), the DPO margin from per-token log-probs (`dpo_logprobs=mean`) and divide the
+gradients by Adam's sqrt(v + eps) (`precondition=adam`). For DPO it also stores each pair's
+sigmoid weight at the checkpoint, for `checkpoint_weights=lr_dpo`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import Stage, register_stage, work
@@ -16,9 +21,49 @@ if TYPE_CHECKING:
     import torch
 
     from ..context import Run
+    from ..grads.adam import AdamMoments
     from ..grads.losses import ItemLoss
     from ..grads.project import Projector
+    from ..selectors import SelectionOptions, Selector
     from ..store import StageDir
+
+DPO_WEIGHTS = "dpo_weights.npy"  # [M] sigma(-beta margin) of each pair at the checkpoint
+
+
+def target_kind(selector: Selector, options: SelectionOptions) -> str:
+    """What the validation gradients are of: 'sft' (the chosen responses: LESS, or rose with
+    sides=chosen, which then shares LESS's stage), 'dpo' (each pair's DPO loss) or 'apart' (the
+    chosen and the rejected responses, each on its own)."""
+    if selector.validation_loss == "sft" or options.sides == "chosen":
+        return "sft"
+    return "apart" if options.sides == "apart" else "dpo"
+
+
+@dataclass(frozen=True)
+class ValidationTarget:
+    """One set of validation gradients: the file it is stored in (grads/val/epoch-K/<name>.npy), its
+    items (sequences or pairs, one row each) and the loss whose gradient each row is."""
+
+    name: str
+    items: list
+    loss: ItemLoss
+
+
+def validation_targets(run: Run) -> list[ValidationTarget]:
+    """The validation gradients the selection method scores against, in the order of their files."""
+    import torch
+
+    from ..grads.losses import DPOLoss, SFTLoss
+
+    pairs = run.validation.encoded
+    kind = target_kind(run.selector, run.options)
+    if kind == "sft":
+        return [ValidationTarget("grads", [chosen for chosen, _ in pairs], SFTLoss())]
+    if kind == "apart":
+        return [ValidationTarget("chosen", [chosen for chosen, _ in pairs], SFTLoss()),
+                ValidationTarget("rejected", [rejected for _, rejected in pairs], SFTLoss())]
+    reference = torch.from_numpy(read_base_logprobs(run, "validation"))
+    return [ValidationTarget("grads", pairs, DPOLoss(reference, run.config.gradients.dpo_beta, run.options.dpo_logprobs == "mean"))]
 
 
 def projector(run: Run) -> Projector:
@@ -28,31 +73,39 @@ def projector(run: Run) -> Projector:
     return make_projector(g.projection, run.model.segments, g.dim, g.seed)
 
 
-def validation_items(run: Run) -> tuple[list, ItemLoss]:
-    """The validation items and the loss whose gradients the selection method takes of them."""
-    import torch
-
-    from ..grads.losses import DPOLoss, SFTLoss
-
-    validation = run.validation
-    if run.selector.validation_loss == "sft":  # LESS: the chosen responses
-        return [chosen for chosen, _ in validation.encoded], SFTLoss()
-    # ROSE: each pair, against the base model
-    return validation.encoded, DPOLoss(torch.from_numpy(read_base_logprobs(run, "validation")), run.config.gradients.dpo_beta)
+def preconditioner(run: Run, moments: AdamMoments) -> AdamMoments | None:
+    """The transform of the validation gradients at a checkpoint with these moments: Adam's
+    preconditioner (select.precondition=adam), or none (plain gradients, the paper's)."""
+    return moments.preconditioner() if run.options.precondition == "adam" else None
 
 
-def validation_grads(run: Run, sink) -> torch.Tensor:
-    """[M, sink.out_dim]: the validation gradients at the loaded checkpoint, through `sink`."""
+def target_grads(run: Run, target: ValidationTarget, sink) -> torch.Tensor:
+    """[M, sink.out_dim]: one target's validation gradients at the loaded checkpoint, through `sink`."""
     import torch
 
     from ..grads import engine
 
     cfg, model = run.config.gradients, run.model
-    items, loss = validation_items(run)
-    out = torch.zeros(len(items), sink.out_dim, dtype=torch.float64)
-    for idx, parts in engine.per_example_grads(model.model, model.param_names, items, loss, cfg.batch_tokens, run.device):
+    out = torch.zeros(len(target.items), sink.out_dim, dtype=torch.float64)
+    for idx, parts in engine.per_example_grads(model.model, model.param_names, target.items, target.loss, cfg.batch_tokens,
+                                               run.device):
         out[idx] = sink(parts).double().cpu()
     return out
+
+
+def dpo_weights(run: Run) -> torch.Tensor:
+    """[M] each validation pair's DPO sigmoid weight under the loaded checkpoint."""
+    import torch
+
+    from ..grads.engine import sequence_logprobs
+    from ..grads.losses import dpo_sigmoid_weights
+
+    pairs = run.validation.encoded
+    logps, counts = sequence_logprobs(run.model.model, [s for pair in pairs for s in pair], run.config.gradients.batch_tokens,
+                                      run.device)
+    reference = torch.from_numpy(read_base_logprobs(run, "validation"))
+    return dpo_sigmoid_weights(logps.view(-1, 2), reference, counts.view(-1, 2), run.config.gradients.dpo_beta,
+                               run.options.dpo_logprobs == "mean")
 
 
 def val_grads(run: Run, sd: StageDir) -> dict:
@@ -62,25 +115,38 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     from ..store import save_array
 
     ckpts, pairs = run.checkpoints(), run.validation.records
-    info = {"ids": [p.id for p in pairs], "subtasks": [p.subtask for p in pairs], "checkpoints": [c.path.name for c in ckpts]}
-    if run.config.gradients.projection == "none":  # exact scoring takes full validation gradients in train-grads
+    targets = validation_targets(run)
+    info = {"ids": [p.id for p in pairs], "subtasks": [p.subtask for p in pairs], "checkpoints": [c.path.name for c in ckpts],
+            "targets": [t.name for t in targets]}
+    with_weights = target_kind(run.selector, run.options) != "sft"
+    if run.config.gradients.projection == "none" and not with_weights:  # exact scoring takes full gradients in train-grads
         return info
-    sink = ProjectedFeatures(projector(run))
     for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt", disable=not run.dist.is_main):
         run.model.load_adapter(ckpt.adapter)
-        grads = validation_grads(run, sink)
-        if run.dist.is_main:  # a sharded model's processes all compute them (`Stage.on_every_process`)
-            save_array(sd.path / ckpt.path.name / "grads.npy", grads.float().numpy())
-    items, _ = validation_items(run)
-    sequences = [s for item in items for s in (item if isinstance(item, tuple) else (item,))]
-    return {**info, **work(len(items), sequences, len(ckpts))}
+        folder = sd.path / ckpt.path.name
+        if run.config.gradients.projection != "none":
+            transform = preconditioner(run, ckpt.moments(run.model.param_names).to(run.device))
+            sink = ProjectedFeatures(projector(run), transform)
+            for target in targets:
+                grads = target_grads(run, target, sink)
+                if run.dist.is_main:  # a sharded model's processes all compute them (`Stage.on_every_process`)
+                    save_array(folder / f"{target.name}.npy", grads.float().numpy())
+        if with_weights:
+            weights = dpo_weights(run)
+            if run.dist.is_main:
+                save_array(folder / DPO_WEIGHTS, weights.double().numpy())
+    sequences = [s for t in targets for item in t.items for s in (item if isinstance(item, tuple) else (item,))]
+    return {**info, **work(len(pairs), sequences, len(ckpts))}
 
 
 def _key(k) -> list:
     from ..grads.project import MAP_VERSION
 
-    loss = k.selector.validation_loss
-    return [k.stage("warmup"), k.projection(MAP_VERSION), loss, k.config.gradients.dpo_beta if loss == "dpo" else None, k.validation]
+    options = k.options
+    kind = target_kind(k.selector, options)
+    dpo = [k.config.gradients.dpo_beta, options.dpo_logprobs] if kind != "sft" else None
+    adam = options.precondition == "adam" or None
+    return [k.stage("warmup"), k.projection(MAP_VERSION), kind, dpo, adam, k.validation]
 
 
 register_stage(Stage(
