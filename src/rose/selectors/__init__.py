@@ -26,12 +26,14 @@ VALIDATION_LOSSES = ("dpo", "sft")
 @dataclass(frozen=True)
 class Scores:
     """A selector's output: scores [N] (higher is selected first), per-subtask scores [N, S] with
-    the subtask names, and anything worth keeping in scores.json."""
+    the subtask names, anything worth keeping in scores.json, and the pool indices it dropped for
+    broken inputs (`numerics.pool_rows_to_drop`), whose score is -inf: never selected."""
 
     scores: np.ndarray
     per_subtask: np.ndarray
     subtasks: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    dropped: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,13 @@ if TYPE_CHECKING:
 
 
 def influence_scores(run: Run) -> Scores:
-    """Scores from the stored train and validation gradients, weighted by each checkpoint's mean lr."""
+    """Scores from the stored train and validation gradients, weighted by each checkpoint's mean lr.
+    The features are checked as they are read (`numerics.py`): a broken validation pair is an
+    error; a few broken pool examples are dropped (score -inf), more are an error."""
     import numpy as np
 
     from ..influence import checkpoint_weights, influence
+    from ..numerics import check_validation_features, pool_rows_to_drop
     from ..store import open_shards
 
     train_sd, val_sd = run.require("train-grads"), run.require("val-grads")
@@ -32,8 +35,12 @@ def influence_scores(run: Run) -> Scores:
         val = [None] * len(ckpts)
     else:
         val = [np.load(val_sd.path / c.path.name / "grads.npy") for c in ckpts]
+        for ckpt, features in zip(ckpts, val):
+            check_validation_features(features, vm["ids"], "score", ckpt.path.name)
+    dropped = pool_rows_to_drop({c.path.name: blocks for c, blocks in zip(ckpts, train)}, [e.id for e in run.pool.records], "score")
     scores, per_subtask = influence(train, val, weights, vm["subtasks"], run.device)
-    return Scores(scores, per_subtask, list(dict.fromkeys(vm["subtasks"])), {"checkpoint_weights": weights.tolist()})
+    scores[dropped], per_subtask[dropped] = -np.inf, -np.inf
+    return Scores(scores, per_subtask, list(dict.fromkeys(vm["subtasks"])), {"checkpoint_weights": weights.tolist()}, dropped)
 
 
 register_selector(Selector("rose", "ROSE: influence on the DPO loss of the target's preference pairs (Wu et al. 2025).",

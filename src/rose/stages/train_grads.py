@@ -26,7 +26,8 @@ def train_grads(run: Run, sd: StageDir) -> dict:
     from tqdm.auto import tqdm
 
     from ..grads.sinks import ExactCosines, ProjectedFeatures, RawGradients
-    from ..store import save_array, shard_name, shard_ranges
+    from ..numerics import check_validation_features, pool_rows_to_drop
+    from ..store import open_shards, save_array, shard_name, shard_ranges
 
     cfg, model = run.config.gradients, run.model
     ckpts, encoded = run.checkpoints(), run.pool.encoded
@@ -46,7 +47,9 @@ def train_grads(run: Run, sd: StageDir) -> dict:
         model.load_adapter(ckpt.adapter)
         moments = ckpt.moments(model.param_names).to(run.device)
         if exact:
-            targets = validation_grads(run, RawGradients(sum(model.segments))).to(run.device)
+            targets = validation_grads(run, RawGradients(sum(model.segments)))
+            check_validation_features(targets.numpy(), [p.id for p in run.validation.records], "train-grads", ckpt.path.name)
+            targets = targets.to(run.device)
             sink = ExactCosines(targets.split(model.segments, dim=1), moments)
         else:
             sink = ProjectedFeatures(features, moments)
@@ -56,8 +59,12 @@ def train_grads(run: Run, sd: StageDir) -> dict:
             if run.dist.is_main or not run.sharded:
                 save_array(folder / shard_name(start, stop), out)
     bar.close()
+    run.dist.barrier()  # every shard is written; each process checks them all, so that all raise alike
+    ids = [e.id for e in run.pool.records]
+    shards = {c.path.name: open_shards(sd.path / c.path.name, len(encoded), cfg.shard_size) for c in ckpts}
+    dropped = pool_rows_to_drop(shards, ids, "train-grads")
     return {"n": len(encoded), "shard_size": cfg.shard_size, "exact": exact, "checkpoints": [c.path.name for c in ckpts],
-            **work(len(encoded), encoded, len(ckpts))}
+            "dropped": [ids[i] for i in dropped], **work(len(encoded), encoded, len(ckpts))}
 
 
 def _shard_features(run: Run, sink, items: list, dtype, bar) -> np.ndarray:

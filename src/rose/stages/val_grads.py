@@ -59,6 +59,7 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     from tqdm.auto import tqdm
 
     from ..grads.sinks import ProjectedFeatures
+    from ..numerics import check_validation_features
     from ..store import save_array
 
     ckpts, pairs = run.checkpoints(), run.validation.records
@@ -69,6 +70,7 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt", disable=not run.dist.is_main):
         run.model.load_adapter(ckpt.adapter)
         grads = validation_grads(run, sink)
+        check_validation_features(grads.numpy(), info["ids"], "val-grads", ckpt.path.name)
         if run.dist.is_main:  # a sharded model's processes all compute them (`Stage.on_every_process`)
             save_array(sd.path / ckpt.path.name / "grads.npy", grads.float().numpy())
     items, _ = validation_items(run)
