@@ -72,6 +72,16 @@ def tiny_llama(vocab_size: int, dtype: torch.dtype = torch.float32, seed: int = 
     return LlamaForCausalLM(config).to(dtype).eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """`tiny_llama` saved as a model folder (with SmolLM2's tokenizer and chat template), for
+    `model.name`: the whole pipeline on it takes seconds where SmolLM2 takes minutes."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def one_thread():
     """A 32-wide model's ops are too small to split between threads: with two, every op waits for

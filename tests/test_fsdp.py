@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, tiny_llama
+from conftest import tiny_config
 from fsdp_worker import SETTINGS, examples, train
 
 from rose.config import load_config
@@ -77,16 +77,6 @@ def test_sharded_training_and_resuming_match_one_process(tokenizer, demo_files, 
         errors.update(_checkpoint_errors(ckpt.path, tmp_path / "two/full" / ckpt.path.name))
         errors.update({f"resumed {k}": v for k, v in _checkpoint_errors(ckpt.path, tmp_path / "two/resumed" / ckpt.path.name).items()})
     assert max(errors.values()) < 1e-5, errors  # measured: 6e-7 at most
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
-    """`conftest.tiny_llama` saved as a model folder (with SmolLM2's tokenizer and chat template),
-    for `model.name`: the whole pipeline on it takes seconds where SmolLM2 takes minutes."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_sharded_pipeline_on_two_processes_matches_one(tiny_model_dir, demo_files, tmp_path, one_thread):

@@ -20,6 +20,7 @@ import numpy as np
 from .config import RunConfig
 from .context import Run
 from .distributed import Dist
+from .errors import NumericalError
 from .pipeline import cache_dir, link_cache, record_config, run_stages
 from .selectors import get_selector
 from .stages import STAGES, stages_for
@@ -107,6 +108,12 @@ def run_variant(variant: Variant, cache: Path, base: Run, wait: bool = True) -> 
     return result, run
 
 
+def failed_result(variant: Variant, error: NumericalError) -> dict:
+    """A variant that stopped with a numerical error, as results.json records it: what it was, and why it failed."""
+    return {"group": variant.group, "method": variant.method, "fraction": variant.fraction, "seed": variant.seed,
+            "finetune_seed": variant.finetune_seed, "shots": variant.shots, "failed": str(error)}
+
+
 def _read_results(file: Path) -> dict[str, dict]:
     return read_json(file) if file.is_file() else {}
 
@@ -148,6 +155,9 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
     Several processes may run the same comparison at once (one per GPU, say): each takes the
     variants whose next stage no other process holds, waits when all are held, and skips what
     another has finished. Under torchrun all processes work on one variant at a time instead.
+    A variant that stops with a NumericalError (a diverged training run, NaN gradients or scores)
+    is recorded as failed, with the error, and the others go on; a later `rose compare` retries it
+    (after a config change, say).
     """
     root = Path(config.run_dir)
     results_file = root / "compare" / "results.json"
@@ -158,10 +168,11 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
         root.mkdir(parents=True, exist_ok=True)
         record_config(base)
     pending = sorted(variants(config), key=lambda v: _priority(config, v))
+    retry = {name for name, r in _read_results(results_file).items() if "failed" in r}
     while pending:
         busy = []
         for variant in pending:
-            if variant.name in _read_results(results_file):
+            if variant.name in _read_results(results_file) and variant.name not in retry:
                 continue  # finished earlier, or by another worker
             log.info("compare: %s", variant.name)
             try:
@@ -170,6 +181,10 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
                 log.info("compare: %s waits (%s)", variant.name, e)
                 busy.append(variant)
                 continue
+            except NumericalError as e:
+                log.error("compare: %s failed: %s", variant.name, e)
+                result = failed_result(variant, e)
+            retry.discard(variant.name)
             if base.dist.is_main:
                 results = _add_result(results_file, variant.name, result)
                 if on_result is not None:

@@ -50,3 +50,8 @@ class ConfigError(RoseError):
 
 class RunDirError(RoseError):
     """A run directory holds results that do not belong to the current config."""
+
+
+class NumericalError(RoseError):
+    """A stage produced NaN, inf or all-zero numbers (a diverged training run, broken gradients or
+    scores); names the stage, where, and the likely cause (`numerics.py`)."""

@@ -91,11 +91,16 @@ def _summarise(by_method: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
+def finished(results: dict[str, dict]) -> dict[str, dict]:
+    """The variants that finished: a failed one (`compare.failed_result`) has no metrics to summarise."""
+    return {name: r for name, r in results.items() if "failed" not in r}
+
+
 def method_summary(results: dict[str, dict], group: str = "main") -> dict[str, dict]:
     """Per method of a group: mean and spread (std over seeds) of each metric, the selection size,
     and paired intervals of its held-out accuracy minus random's and LESS's (`_summarise`)."""
     by_method: dict[str, list[dict]] = {}
-    for r in results.values():
+    for r in finished(results).values():
         if r["group"] == group:
             by_method.setdefault(r["method"], []).append(r)
     return _summarise(by_method)
@@ -105,7 +110,7 @@ def budget_summary(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
     """{budget: `_summarise` of the methods run at that budget}: the budget sweep, whose point at
     select.fraction is the main comparison."""
     by_budget: dict[float, dict[str, list[dict]]] = {}
-    for r in results.values():
+    for r in finished(results).values():
         if r["group"] in ("main", "budget"):
             by_budget.setdefault(float(r["fraction"]), {}).setdefault(r["method"], []).append(r)
     return {f"{fraction:g}": _summarise(by_method) for fraction, by_method in sorted(by_budget.items())}
@@ -138,7 +143,7 @@ def compare_plots(results: dict[str, dict], out_dir: Path, budget_methods: list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = []
+    files, results = [], finished(results)
     summary = method_summary(results)
     if summary:
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -213,7 +218,10 @@ def _references(summary: dict[str, dict]) -> list[str]:
 
 
 def render_compare(results: dict[str, dict], title: str, images: list[str], sweep_methods: dict[str, list[str]]) -> str:
-    """Markdown report of a comparison; sweep_methods: {"budget": [...], "shots": [...]} methods per sweep."""
+    """Markdown report of a comparison; sweep_methods: {"budget": [...], "shots": [...]} methods per sweep.
+    Variants that failed are listed at the end, with their errors, and left out of every table."""
+    failed = {name: r["failed"] for name, r in results.items() if "failed" in r}
+    results = finished(results)
     summary = method_summary(results)
     metrics = [m for m in COMPARE_METRICS if any(m in e for e in summary.values())]
     refs = _references(summary)
@@ -247,6 +255,8 @@ def render_compare(results: dict[str, dict], title: str, images: list[str], swee
                   "| method | " + " | ".join(map(str, columns)) + " |", "|---|" + "---:|" * len(columns)]
         for method, points in sweep.items():
             lines.append(f"| {method} | " + " | ".join(f"{points[c]:.4f}" if c in points else "" for c in columns) + " |")
+    if failed:
+        lines += ["", "## Failed variants", ""] + [f"- {name}: {error}" for name, error in failed.items()]
     return "\n".join(lines) + "\n"
 
 

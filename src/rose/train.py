@@ -31,6 +31,7 @@ from .encoding import Encoded, collate, pack, token_batches, token_packs
 from .grads.adam import AdamMoments
 from .grads.losses import ResponseLogprobs, sft_losses
 from .models import lora_parameters
+from .numerics import check_losses, check_weights
 from .store import atomic_path, load_tensors, read_json, save_tensors, write_json
 
 
@@ -83,12 +84,17 @@ def train_lora(
     save_checkpoints: bool,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[int, list[float], list[float]], None] | None = None,
+    stage: str = "warmup",
 ) -> list[Checkpoint]:
     """Train the LoRA weights of `model` on `examples`; resume from the last complete epoch in out_dir.
 
     The loss of a step is the mean over its examples of each example's mean response-token NLL,
     the same loss whose per-example gradients the train-gradient stage takes. `on_epoch(first
     global step, losses, lrs)` receives each finished epoch's steps on the main process (trackers).
+    A non-finite loss or weight raises NumericalError (`numerics.py`, naming `stage`, the config
+    section whose lr it was) before anything is saved: the losses are read, and checked, every 25
+    steps, at every resume point and at the end of each epoch, so a run stops within 25 steps of
+    diverging without making every step wait for the GPU.
     """
     params = lora_parameters(model)
     device = next(iter(params.values())).device
@@ -122,10 +128,22 @@ def train_lora(
     # moments stay float32.
     base_dtype = model.get_base_model().dtype
     autocast_dtype = base_dtype if base_dtype.itemsize < 4 else None
-    with disable_input_dtype_casting(model, active=autocast_dtype is not None):
+    where = {"stage": stage, "lr": cfg.lr, "dtype": str(base_dtype).removeprefix("torch.")}
+
+    def read_losses(epoch: int) -> list[float]:
+        """The epoch's step losses so far, summed over processes (a collective), checked."""
+        losses = dist_ctx.sum(torch.stack(step_losses)).tolist()
+        check_losses(losses, epoch=epoch + 1, steps_per_epoch=steps_per_epoch, **where)
+        return losses
+
+    def checked_state(epoch: int, step: int) -> tuple[dict, dict]:
+        state = _whole_state(optimizer, params)
+        check_weights(state[0], epoch=epoch + 1, step=step, **where)
+        return state
+
+    bar = tqdm(total=total, initial=done * steps_per_epoch + first_step, desc="train", unit="step", disable=not dist_ctx.is_main)
+    with disable_input_dtype_casting(model, active=autocast_dtype is not None), bar:  # the bar ends its line, also on an error
         model.train()
-        bar = tqdm(total=total, initial=done * steps_per_epoch + first_step, desc="train", unit="step",
-                   disable=not dist_ctx.is_main)
         for epoch in range(done, cfg.epochs):
             order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
             for step in range(first_step, steps_per_epoch):
@@ -148,16 +166,16 @@ def train_lora(
                 step_losses.append(loss_sum / len(batch))
                 bar.update(1)
                 if step % 25 == 0:  # reading the loss waits for the GPU, so only now and then
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(step_losses[-1]) * dist_ctx.world:.3f}")
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{read_losses(epoch)[-1]:.3f}")
                 if cfg.resume_every and (step + 1) % cfg.resume_every == 0 and step + 1 < steps_per_epoch:
-                    losses = dist_ctx.sum(torch.stack(step_losses)).tolist()
-                    state = _whole_state(optimizer, params)
+                    losses = read_losses(epoch)
+                    state = checked_state(epoch, global_step + 1)
                     if dist_ctx.is_main:
                         _save(model, state, resume_point, cfg, epoch, global_step + 1, lrs, losses)
                     dist_ctx.barrier()
-            losses = dist_ctx.sum(torch.stack(step_losses)).tolist()
+            losses = read_losses(epoch)
             keep = save_checkpoints or epoch == cfg.epochs - 1
-            state = _whole_state(optimizer, params) if keep else None
+            state = checked_state(epoch, global_step + 1) if keep else None
             if dist_ctx.is_main:
                 if keep:
                     _save(model, state, checkpoints[epoch], cfg, epoch + 1, global_step + 1, lrs, losses)
@@ -166,7 +184,6 @@ def train_lora(
                 shutil.rmtree(resume_point.path, ignore_errors=True)
             dist_ctx.barrier()
             first_step, lrs, step_losses = 0, [], []
-    bar.close()
     model.eval()
     return checkpoints if save_checkpoints else checkpoints[-1:]
 

@@ -53,13 +53,15 @@ DPO_OPTIONS = (*GRADIENT_OPTIONS, "sides", "dpo_logprobs")
 class Scores:
     """A selector's output: scores [N] (higher is selected first), per-subtask scores [N, S] with
     the subtask names, per-pair similarities [N, M] where the method has them (for round-robin
-    over pairs), and anything worth keeping in scores.json."""
+    over pairs), anything worth keeping in scores.json, and the pool indices it dropped for
+    broken inputs (`numerics.pool_rows_to_drop`), whose score is -inf: never selected."""
 
     scores: np.ndarray
     per_subtask: np.ndarray
     subtasks: list[str]
     info: dict[str, Any] = field(default_factory=dict)
     per_pair: np.ndarray | None = None
+    dropped: list[int] = field(default_factory=list)
 
 
 def similarity_scores(run: Run, sims: np.ndarray, info: dict[str, Any] | None = None) -> Scores:

@@ -29,6 +29,7 @@ def gradient_similarities(run: Run) -> tuple[np.ndarray, dict]:
     import numpy as np
 
     from ..influence import pair_weights, similarities, subspace
+    from ..numerics import check_validation_features
     from ..stages.val_grads import DPO_WEIGHTS, target_kind
     from ..store import open_shards
 
@@ -41,10 +42,12 @@ def gradient_similarities(run: Run) -> tuple[np.ndarray, dict]:
     if tm["exact"]:  # the shards hold cosines with each target's pairs, target after target
         combine = np.hstack([np.eye(n_pairs), -np.eye(n_pairs)]) if apart else np.eye(n_pairs)
         val = [combine] * len(ckpts)
-    elif apart:  # cos(z, chosen) - cos(z, rejected) = <z, chosen - rejected> for unit vectors
-        val = [np.load(val_sd.path / c.path.name / "chosen.npy") - np.load(val_sd.path / c.path.name / "rejected.npy") for c in ckpts]
-    else:
-        val = [np.load(val_sd.path / c.path.name / "grads.npy") for c in ckpts]
+    else:  # with sides=apart, cos(z, chosen) - cos(z, rejected) = <z, chosen - rejected> for unit vectors
+        stored = [{name: np.load(val_sd.path / c.path.name / f"{name}.npy") for name in vm["targets"]} for c in ckpts]
+        for ckpt, features in zip(ckpts, stored):
+            for part in features.values():
+                check_validation_features(part, vm["ids"], "score", ckpt.path.name)
+        val = [f["chosen"] - f["rejected"] if apart else f["grads"] for f in stored]
     dpo = [np.load(val_sd.path / c.path.name / DPO_WEIGHTS) for c in ckpts] if options.checkpoint_weights == "lr_dpo" else None
     weights = pair_weights(options.checkpoint_weights, [c.mean_lr() for c in ckpts], n_pairs, dpo)
     bases = [subspace(v, options.gist_rank) for v in val] if options.precondition == "gist" else None
@@ -56,13 +59,24 @@ def gradient_similarities(run: Run) -> tuple[np.ndarray, dict]:
 
 def influence_scores(run: Run) -> Scores:
     """Scores from the stored gradients: similarities, then the mean (or max) over each subtask's
-    pairs and the max (or mean) over subtasks."""
-    from ..influence import aggregate
+    pairs and the max (or mean) over subtasks. The features are checked as they are read
+    (`numerics.py`): a broken validation pair is an error; a few broken pool examples are dropped
+    (score -inf), more are an error."""
+    import numpy as np
 
+    from ..influence import aggregate
+    from ..numerics import pool_rows_to_drop
+    from ..store import open_shards
+
+    train_sd = run.require("train-grads")
+    tm = train_sd.manifest()
+    shards = {c.path.name: open_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in run.checkpoints()}
+    dropped = pool_rows_to_drop(shards, [e.id for e in run.pool.records], "score")
     sims, info = gradient_similarities(run)
     subtasks = run.require("val-grads").manifest()["subtasks"]
     scores, per_subtask = aggregate(sims, subtasks, run.options.over_shots, run.options.over_subtasks)
-    return Scores(scores, per_subtask, list(dict.fromkeys(subtasks)), info, per_pair=sims)
+    scores[dropped], per_subtask[dropped], sims[dropped] = -np.inf, -np.inf, -np.inf
+    return Scores(scores, per_subtask, list(dict.fromkeys(subtasks)), info, per_pair=sims, dropped=dropped)
 
 
 PAPER = SelectionOptions()

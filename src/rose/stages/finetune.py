@@ -22,7 +22,7 @@ def finetune(run: Run, sd: StageDir) -> dict:
     chosen = selected_indices(run)
     ckpts = train_lora(run.model.fresh_adapters(), [run.pool.encoded[i] for i in chosen], run.config.finetune, sd.path,
                        run.model.pad_id, run.config.seed + 1 + run.config.finetune.seed, run.dist, save_checkpoints=False,
-                       log=log.info, on_epoch=partial(run.tracker.log_steps, "finetune"))
+                       log=log.info, on_epoch=partial(run.tracker.log_steps, "finetune"), stage="finetune")
     return {"adapter": str(ckpts[-1].adapter.relative_to(sd.path)), "n_train": len(chosen),
             **work(len(chosen), [run.pool.encoded[i] for i in chosen], run.config.finetune.epochs)}
 

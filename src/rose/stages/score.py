@@ -14,18 +14,22 @@ PER_PAIR = "per_pair.npy"  # [N, M] float32: each pool example's similarity with
 
 
 def score(run: Run, sd: StageDir) -> dict:
+    from ..numerics import check_scores
     from ..store import save_array, write_json
 
     result = run.selector.score(run)
+    ids = [e.id for e in run.pool.records]
+    check_scores(result.scores, ids, run.selector.name, result.dropped)
     if not run.dist.is_main:  # a sharded model's processes all run a method that runs it (`Stage.on_every_process`)
         return {}
     save_array(sd.path / "scores.npy", result.scores)
     save_array(sd.path / "per_subtask.npy", result.per_subtask)
     if result.per_pair is not None:  # for round-robin selection over validation pairs
         save_array(sd.path / PER_PAIR, result.per_pair.astype("float32"))
-    write_json(sd.path / "scores.json", {"method": run.selector.name, "ids": [e.id for e in run.pool.records],
-                                         "subtasks": result.subtasks, **result.info})
-    return {"n": len(result.scores)}
+    dropped = [ids[i] for i in result.dropped]
+    write_json(sd.path / "scores.json", {"method": run.selector.name, "ids": ids, "subtasks": result.subtasks,
+                                         "dropped": dropped, **result.info})
+    return {"n": len(result.scores), "dropped": dropped}
 
 
 def _key(k) -> list:

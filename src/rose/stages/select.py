@@ -19,11 +19,17 @@ if TYPE_CHECKING:
 def select(run: Run, sd: StageDir) -> dict:
     """The selection in every form `exports.write_exports` writes (jsonl, parquet, a saved dataset,
     TRL prompt/completion rows) and every pool example's score as a ranked table."""
+    import numpy as np
+
     from ..exports import write_exports
+    from ..numerics import check_selectable
 
     score_dir = run.require("score").path
-    indices = selected_order(score_dir, run.options.balance, 1.0 if run.selector.selects_all else run.config.select.fraction)
-    info = write_exports(sd.path, run.pool.records, indices, score_dir)
+    scores = np.load(score_dir / "scores.npy")
+    check_selectable(scores, [e.id for e in run.pool.records], score_dir / "scores.npy")
+    chosen = selected_order(score_dir, run.options.balance, 1.0 if run.selector.selects_all else run.config.select.fraction)
+    chosen = chosen[np.isfinite(scores[chosen])]  # an example dropped by the score stage (-inf) is never selected
+    info = write_exports(sd.path, run.pool.records, chosen, score_dir)
     return {"n_selected": info["n_selected"], "sources": info["sources"]}
 
 
@@ -45,11 +51,15 @@ def selected_order(score_dir: Path, balance: str, fraction: float) -> np.ndarray
 
 
 def selected_indices(run: Run) -> list[int]:
-    """Pool indices of the selection, best first."""
+    """Pool indices of the selection, best first; a selection made from non-finite scores is refused."""
+    from ..numerics import check_selected
     from ..store import read_json
 
+    file = run.require("select").path / "selection.json"
+    rows = read_json(file)["selected"]
+    check_selected(rows, file)
     index = {e.id: i for i, e in enumerate(run.pool.records)}
-    return [index[row["id"]] for row in read_json(run.require("select").path / "selection.json")["selected"]]
+    return [index[row["id"]] for row in rows]
 
 
 register_stage(Stage(

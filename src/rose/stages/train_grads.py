@@ -28,7 +28,8 @@ def train_grads(run: Run, sd: StageDir) -> dict:
 
     from ..grads.adam import adam_direction
     from ..grads.sinks import ExactCosines, ProjectedFeatures, RawGradients
-    from ..store import save_array, shard_name, shard_ranges
+    from ..numerics import check_validation_features, pool_rows_to_drop
+    from ..store import open_shards, save_array, shard_name, shard_ranges
 
     cfg, model = run.config.gradients, run.model
     ckpts, encoded = run.checkpoints(), run.pool.encoded
@@ -48,8 +49,12 @@ def train_grads(run: Run, sd: StageDir) -> dict:
         model.load_adapter(ckpt.adapter)
         moments = ckpt.moments(model.param_names).to(run.device)
         if exact:  # the cosines with every validation target's rows, target after target
-            raw = RawGradients(sum(model.segments))
-            targets = torch.cat([target_grads(run, t, raw) for t in validation_targets(run)]).to(run.device)
+            raw, ids = RawGradients(sum(model.segments)), [p.id for p in run.validation.records]
+            targets = []
+            for target in validation_targets(run):
+                targets.append(target_grads(run, target, raw))
+                check_validation_features(targets[-1].numpy(), ids, "train-grads", ckpt.path.name)
+            targets = torch.cat(targets).to(run.device)
             if (transform := preconditioner(run, moments)) is not None:
                 targets = adam_direction(targets, transform)
             sink = ExactCosines(targets.split(model.segments, dim=1), moments)
@@ -61,8 +66,12 @@ def train_grads(run: Run, sd: StageDir) -> dict:
             if run.dist.is_main or not run.sharded:
                 save_array(folder / shard_name(start, stop), out)
     bar.close()
+    run.dist.barrier()  # every shard is written; each process checks them all, so that all raise alike
+    ids = [e.id for e in run.pool.records]
+    shards = {c.path.name: open_shards(sd.path / c.path.name, len(encoded), cfg.shard_size) for c in ckpts}
+    dropped = pool_rows_to_drop(shards, ids, "train-grads")
     return {"n": len(encoded), "shard_size": cfg.shard_size, "exact": exact, "checkpoints": [c.path.name for c in ckpts],
-            **work(len(encoded), encoded, len(ckpts))}
+            "dropped": [ids[i] for i in dropped], **work(len(encoded), encoded, len(ckpts))}
 
 
 def _shard_features(run: Run, sink, items: list, dtype, bar) -> np.ndarray:

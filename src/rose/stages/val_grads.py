@@ -112,6 +112,7 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     from tqdm.auto import tqdm
 
     from ..grads.sinks import ProjectedFeatures
+    from ..numerics import check_validation_features
     from ..store import save_array
 
     ckpts, pairs = run.checkpoints(), run.validation.records
@@ -129,6 +130,7 @@ def val_grads(run: Run, sd: StageDir) -> dict:
             sink = ProjectedFeatures(projector(run), transform)
             for target in targets:
                 grads = target_grads(run, target, sink)
+                check_validation_features(grads.numpy(), info["ids"], "val-grads", ckpt.path.name)
                 if run.dist.is_main:  # a sharded model's processes all compute them (`Stage.on_every_process`)
                     save_array(folder / f"{target.name}.npy", grads.float().numpy())
         if with_weights:

@@ -27,7 +27,7 @@ def warmup(run: Run, sd: StageDir) -> dict:
     log.info("warm-up: %d of %d pool examples, %d epochs", len(subset), n, cfg.warmup.epochs)
     ckpts = train_lora(run.model.fresh_adapters(), [pool.encoded[i] for i in subset], cfg.warmup, sd.path, run.model.pad_id,
                        cfg.seed, run.dist, save_checkpoints=True, log=log.info,
-                       on_epoch=partial(run.tracker.log_steps, "warmup"))
+                       on_epoch=partial(run.tracker.log_steps, "warmup"), stage="warmup")
     return {"checkpoints": [c.path.name for c in ckpts], "subset": [pool.records[i].id for i in subset],
             **work(len(subset), [pool.encoded[i] for i in subset], cfg.warmup.epochs)}
 
