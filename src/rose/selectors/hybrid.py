@@ -43,8 +43,10 @@ def hybrid_scores(run: Run) -> Scores:
     rds = similarity_scores(run, rds_plus_similarities(run))
     if grads.subtasks != rds.subtasks:
         raise ValueError(f"subtasks differ between the gradient and RDS+ scores: {grads.subtasks} vs {rds.subtasks}")
-    return Scores(rank_average(grads.scores, rds.scores), rank_average(grads.per_subtask, rds.per_subtask), grads.subtasks,
-                  grads.info, per_pair=rank_average(grads.per_pair, rds.per_pair))
+    scores = rank_average(grads.scores, rds.scores)
+    scores[grads.dropped] = -np.inf  # pool examples whose gradients are broken are never selected
+    return Scores(scores, rank_average(grads.per_subtask, rds.per_subtask), grads.subtasks, grads.info,
+                  per_pair=rank_average(grads.per_pair, rds.per_pair), dropped=grads.dropped)
 
 
 register_selector(Selector("hybrid", "Rank average of ROSE's influence and RDS+ similarity (each level on its own: scores, "
