@@ -308,26 +308,26 @@ class SelectConfig(Section):
                              "average of rose and rds+), or full (the whole pool).", check=known_method)
     seed: int = _f(0, "Seed of the random baseline.", check=NON_NEGATIVE)
     balance: str | None = _f(None, "How the budget is shared: none (the top scores overall), subtasks or pairs (round-robin: "
-                                   "each subtask's, or validation pair's, next-best example not yet taken, in turn)." " Null: the method's own default.",
+                                   "each subtask's, or validation pair's, next-best example not yet taken, in turn). Null: the method's own default.",
                              check=optional(one_of("none", "subtasks", "pairs")))
-    over_shots: str | None = _f(None, "A subtask's score from its validation pairs' similarities: mean or max." " Null: the method's own default.",
+    over_shots: str | None = _f(None, "A subtask's score from its validation pairs' similarities: mean or max. Null: the method's own default.",
                                 check=optional(one_of("mean", "max")))
-    over_subtasks: str | None = _f(None, "An example's score from its subtask scores: max or mean." " Null: the method's own default.", check=optional(one_of("max", "mean")))
+    over_subtasks: str | None = _f(None, "An example's score from its subtask scores: max or mean. Null: the method's own default.", check=optional(one_of("max", "mean")))
     checkpoint_weights: str | None = _f(None, "Gradient methods: each warm-up checkpoint's weight: lr (its mean learning rate, "
                                               "normalised), lr_dpo (times each pair's DPO sigmoid weight sigma(-beta margin) "
                                               "there: pairs the checkpoint already ranks right count less) or last (the "
-                                              "last checkpoint alone)." " Null: the method's own default.", check=optional(one_of("lr", "lr_dpo", "last")))
+                                              "last checkpoint alone). Null: the method's own default.", check=optional(one_of("lr", "lr_dpo", "last")))
     sides: str | None = _f(None, "rose: what a pair's target is: pair (its DPO gradient), apart (cosine with the chosen "
                                  "response's gradient minus cosine with the rejected one's) or chosen (the chosen one's: "
-                                 "LESS's target)." " Null: the method's own default.", check=optional(one_of("pair", "apart", "chosen")))
+                                 "LESS's target). Null: the method's own default.", check=optional(one_of("pair", "apart", "chosen")))
     dpo_logprobs: str | None = _f(None, "rose: the DPO margin of the validation gradient from summed (paper) or per-token "
-                                        "mean response log-probs." " Null: the method's own default.", check=optional(one_of("sum", "mean")))
+                                        "mean response log-probs. Null: the method's own default.", check=optional(one_of("sum", "mean")))
     precondition: str | None = _f(None, "Gradient methods: what is done to the validation gradients: none (paper), adam "
                                         "(divided by sqrt(v + eps), v the checkpoint's second moment) or gist (pool and "
                                         "validation features projected onto the validation features' top gist_rank "
-                                        "singular directions before the cosine, as GIST does)." " Null: the method's own default.",
+                                        "singular directions before the cosine, as GIST does). Null: the method's own default.",
                                   check=optional(one_of("none", "adam", "gist")))
-    gist_rank: int | None = _f(None, "precondition=gist: the subspace's dimension (capped at the number of validation pairs)." " Null: the method's own default.",
+    gist_rank: int | None = _f(None, "precondition=gist: the subspace's dimension (capped at the number of validation pairs). Null: the method's own default.",
                                check=optional(POSITIVE))
 
     def __post_init__(self) -> None:
