@@ -110,7 +110,9 @@ def test_sharded_pipeline_on_two_processes_matches_one(tiny_model_dir, demo_file
     # result that differs in its last bits can round one float16 step (2^-10 of the element) the
     # other way: 2e-5 measured, bounded by 1e-3
     stored_in_float16 = {k: errors.pop(k) for k in list(errors) if k.startswith("train ")}
-    assert max(errors.values()) < 1e-5, errors
+    # the fine-tune's weights after two processes' gradient sums in another order: 1.05e-5 measured on
+    # an AVX-512 CPU (2026-12-02) for one tensor; summing the processes' gradients instead of averaging gives 4.8
+    assert max(errors.values()) < 5e-5, errors
     assert max(stored_in_float16.values()) < 1e-3, stored_in_float16
     ids = lambda d: [row["id"] for row in read_json(d / "selection/selection.json")["selected"]]
     assert ids(two) == ids(one)
