@@ -12,21 +12,26 @@ from .formats import Example, write_jsonl
 from .store import write_json
 
 
+def budget(n: int, fraction: float) -> int:
+    """How many of n examples a selection of `fraction` takes: round(fraction * n), at least 1."""
+    return max(1, int(round(fraction * n)))
+
+
 def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
-    """Indices of the round(fraction * N) (at least 1) highest scores, best first; ties by pool order."""
-    k = max(1, int(round(fraction * len(scores))))
+    """Indices of the `budget` highest scores, best first; ties by pool order."""
+    k = budget(len(scores), fraction)
     order = np.lexsort((np.arange(len(scores)), -np.asarray(scores)))
     return order[:k]
 
 
 def round_robin(columns: np.ndarray, fraction: float) -> np.ndarray:
-    """Indices of round(fraction * N) (at least 1) examples taken in turn from each column of
+    """Indices of the `budget` of N examples, taken in turn from each column of
     [N, K] scores: column 0's best, column 1's best, ..., then each column's next best not yet
     taken, and so on (ties by pool order). Every subtask (or validation pair) gets its share of
     the budget, however the scales of their scores differ; the rule of RDS+ over tasks (Ivison
     et al. 2025) and of the round-robin selection of Nayak et al. (2026), whose turns never go to waste."""
     columns = np.asarray(columns)
-    n, k = columns.shape[0], max(1, int(round(fraction * columns.shape[0])))
+    n, k = columns.shape[0], budget(columns.shape[0], fraction)
     rankings = [np.lexsort((np.arange(n), -columns[:, j])) for j in range(columns.shape[1])]
     taken, order, heads = np.zeros(n, dtype=bool), [], [0] * len(rankings)
     while len(order) < k:

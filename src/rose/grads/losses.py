@@ -101,8 +101,18 @@ def dpo_losses(
     beta: float,
 ) -> torch.Tensor:
     """[B] -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), log-probs summed over the response."""
-    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
-    return -F.logsigmoid(beta * margin)
+    return -F.logsigmoid(beta * dpo_margins(policy_chosen, policy_rejected, reference_chosen, reference_rejected))
+
+
+def dpo_margins(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+                reference_rejected: torch.Tensor) -> torch.Tensor:
+    """[B] (pi_c - ref_c) - (pi_r - ref_r): how much more the policy than the reference prefers the chosen response."""
+    return (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+
+
+def per_token(logps: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """Summed response log-probs divided by their responses' token counts (same shape)."""
+    return logps / n_tokens.clamp(min=1)
 
 
 class SFTLoss:
@@ -120,14 +130,13 @@ class SFTLoss:
 
 
 def dpo_sigmoid_weights(policy: torch.Tensor, reference: torch.Tensor, n_tokens: torch.Tensor, beta: float,
-                        per_token: bool = False) -> torch.Tensor:
+                        normalise: bool = False) -> torch.Tensor:
     """[M] sigma(-beta * margin) of each pair from [M, 2] (chosen, rejected) log-probs: the factor
     the DPO gradient of a pair carries, near 1 for a pair the policy ranks wrong, near 0 for one it
-    ranks right by far. `per_token`: log-ratios divided by each response's token count."""
-    ratio = policy - reference
-    if per_token:
-        ratio = ratio / n_tokens.clamp(min=1)
-    return torch.sigmoid(-beta * (ratio[:, 0] - ratio[:, 1]))
+    ranks right by far. `normalise`: log-probs divided by each response's token count (`per_token`)."""
+    if normalise:
+        policy, reference = per_token(policy, n_tokens), per_token(reference, n_tokens)
+    return torch.sigmoid(-beta * dpo_margins(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1]))
 
 
 @dataclass(frozen=True)
@@ -148,11 +157,10 @@ class DPOLoss:
 
     def __call__(self, logp: torch.Tensor, n_tokens: torch.Tensor, items: Sequence[int]) -> torch.Tensor:
         ref = self.reference[items].to(logp.device)
-        chosen, rejected = logp[0::2], logp[1::2]
+        policy = logp.view(-1, 2)
         if self.per_token:
-            ref = ref / n_tokens.view(-1, 2).clamp(min=1)
-            chosen, rejected = chosen / n_tokens[0::2].clamp(min=1), rejected / n_tokens[1::2].clamp(min=1)
-        return dpo_losses(chosen, rejected, ref[:, 0], ref[:, 1], self.beta).sum()
+            policy, ref = per_token(policy, n_tokens.view(-1, 2)), per_token(ref, n_tokens.view(-1, 2))
+        return dpo_losses(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], self.beta).sum()
 
 
 ItemLoss = SFTLoss | DPOLoss

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import DPO_OPTIONS, GRADIENT_OPTIONS, Scores, SelectionOptions, Selector, register_selector
+from . import DPO_OPTIONS, GRADIENT_OPTIONS, Scores, SelectionOptions, Selector, register_selector, similarity_scores
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,13 +23,16 @@ if TYPE_CHECKING:
     from ..context import Run
 
 
-def gradient_similarities(run: Run) -> tuple[np.ndarray, dict]:
-    """([N, M] weighted cosine of every pool example with every validation pair, what to keep in
-    scores.json), from the stored train and validation gradients and the method's options."""
+def gradient_similarities(run: Run) -> tuple[np.ndarray, list[int], dict]:
+    """([N, M] weighted cosine of every pool example with every validation pair, the pool rows
+    dropped for broken features, what to keep in scores.json), from the stored train and
+    validation gradients and the method's options. The features are checked as they are read
+    (`numerics.py`): a broken validation pair is an error; a few broken pool examples are dropped,
+    more are an error."""
     import numpy as np
 
     from ..influence import pair_weights, similarities, subspace
-    from ..numerics import check_validation_features
+    from ..numerics import check_validation_features, pool_rows_to_drop
     from ..stages.val_grads import DPO_WEIGHTS, target_kind
     from ..store import open_shards
 
@@ -39,6 +42,7 @@ def gradient_similarities(run: Run) -> tuple[np.ndarray, dict]:
     ckpts, n_pairs = run.checkpoints(), len(vm["ids"])
     apart = target_kind(run.selector, options) == "apart"
     train = [open_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in ckpts]
+    dropped = pool_rows_to_drop({c.path.name: blocks for c, blocks in zip(ckpts, train)}, [e.id for e in run.pool.records], "score")
     if tm["exact"]:  # the shards hold cosines with each target's pairs, target after target
         combine = np.hstack([np.eye(n_pairs), -np.eye(n_pairs)]) if apart else np.eye(n_pairs)
         val = [combine] * len(ckpts)
@@ -54,29 +58,21 @@ def gradient_similarities(run: Run) -> tuple[np.ndarray, dict]:
     info = {"checkpoint_weights": weights.mean(axis=1).tolist()}
     if options.checkpoint_weights == "lr_dpo":
         info["pair_weights"] = weights.tolist()
-    return similarities(train, val, weights, run.device, bases), info
+    return similarities(train, val, weights, run.device, bases), dropped, info
 
 
 def influence_scores(run: Run) -> Scores:
     """Scores from the stored gradients: similarities, then the mean (or max) over each subtask's
-    pairs and the max (or mean) over subtasks. The features are checked as they are read
-    (`numerics.py`): a broken validation pair is an error; a few broken pool examples are dropped
-    (score -inf), more are an error."""
+    pairs and the max (or mean) over subtasks; dropped pool examples score -inf."""
+    from dataclasses import replace
+
     import numpy as np
 
-    from ..influence import aggregate
-    from ..numerics import pool_rows_to_drop
-    from ..store import open_shards
-
-    train_sd = run.require("train-grads")
-    tm = train_sd.manifest()
-    shards = {c.path.name: open_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in run.checkpoints()}
-    dropped = pool_rows_to_drop(shards, [e.id for e in run.pool.records], "score")
-    sims, info = gradient_similarities(run)
-    subtasks = run.require("val-grads").manifest()["subtasks"]
-    scores, per_subtask = aggregate(sims, subtasks, run.options.over_shots, run.options.over_subtasks)
-    scores[dropped], per_subtask[dropped], sims[dropped] = -np.inf, -np.inf, -np.inf
-    return Scores(scores, per_subtask, list(dict.fromkeys(subtasks)), info, per_pair=sims, dropped=dropped)
+    sims, dropped, info = gradient_similarities(run)
+    result = similarity_scores(run, sims, info)
+    for values in (result.scores, result.per_subtask, result.per_pair):
+        values[dropped] = -np.inf
+    return replace(result, dropped=dropped)
 
 
 PAPER = SelectionOptions()

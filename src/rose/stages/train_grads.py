@@ -55,7 +55,7 @@ def train_grads(run: Run, sd: StageDir) -> dict:
                 targets.append(target_grads(run, target, raw))
                 check_validation_features(targets[-1].numpy(), ids, "train-grads", ckpt.path.name)
             targets = torch.cat(targets).to(run.device)
-            if (transform := preconditioner(run, moments)) is not None:
+            if (transform := preconditioner(run, ckpt)) is not None:
                 targets = adam_direction(targets, transform)
             sink = ExactCosines(targets.split(model.segments, dim=1), moments)
         else:

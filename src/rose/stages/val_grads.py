@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..grads.project import Projector
     from ..selectors import SelectionOptions, Selector
     from ..store import StageDir
+    from ..train import Checkpoint
 
 DPO_WEIGHTS = "dpo_weights.npy"  # [M] sigma(-beta margin) of each pair at the checkpoint
 
@@ -73,10 +74,12 @@ def projector(run: Run) -> Projector:
     return make_projector(g.projection, run.model.segments, g.dim, g.seed)
 
 
-def preconditioner(run: Run, moments: AdamMoments) -> AdamMoments | None:
-    """The transform of the validation gradients at a checkpoint with these moments: Adam's
-    preconditioner (select.precondition=adam), or none (plain gradients, the paper's)."""
-    return moments.preconditioner() if run.options.precondition == "adam" else None
+def preconditioner(run: Run, ckpt: Checkpoint) -> AdamMoments | None:
+    """The transform of the validation gradients at a checkpoint: Adam's preconditioner from its
+    moments (select.precondition=adam), or none (plain gradients, the paper's; no moments read)."""
+    if run.options.precondition != "adam":
+        return None
+    return ckpt.moments(run.model.param_names).to(run.device).preconditioner()
 
 
 def target_grads(run: Run, target: ValidationTarget, sink) -> torch.Tensor:
@@ -120,14 +123,15 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     info = {"ids": [p.id for p in pairs], "subtasks": [p.subtask for p in pairs], "checkpoints": [c.path.name for c in ckpts],
             "targets": [t.name for t in targets]}
     with_weights = target_kind(run.selector, run.options) != "sft"
-    if run.config.gradients.projection == "none" and not with_weights:  # exact scoring takes full gradients in train-grads
+    projected = run.config.gradients.projection != "none"  # else exact scoring takes full gradients in train-grads
+    if not projected and not with_weights:
         return info
+    features = projector(run) if projected else None
     for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt", disable=not run.dist.is_main):
         run.model.load_adapter(ckpt.adapter)
         folder = sd.path / ckpt.path.name
-        if run.config.gradients.projection != "none":
-            transform = preconditioner(run, ckpt.moments(run.model.param_names).to(run.device))
-            sink = ProjectedFeatures(projector(run), transform)
+        if projected:
+            sink = ProjectedFeatures(features, preconditioner(run, ckpt))
             for target in targets:
                 grads = target_grads(run, target, sink)
                 check_validation_features(grads.numpy(), info["ids"], "val-grads", ckpt.path.name)
