@@ -9,6 +9,8 @@
 # 2) Then WORKERS_PER_GPU `rose compare` workers per GPU share the variants (stage folders are locked
 #    while written; a SmolLM2 fine-tune keeps an H200 only partly busy). Every method's first
 #    fine-tune seed runs before any second one, so a run stopped early still covers every method.
+# On a machine reached through calls shorter than the study, start it with `benchmarks/detached.sh
+# start LOG benchmarks/selection_study.sh TASK ...` and collect with `detached.sh wait`.
 # Everything resumes: run it again after an interruption. Results: docs/results/study/<task>.json,
 # whose table `python benchmarks/study_table.py docs/results/study/<task>.json` prints.
 set -euo pipefail
