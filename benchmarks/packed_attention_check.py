@@ -16,7 +16,7 @@ models   random-weight Mistral-style (every layer windowed), Gemma-3-style (loca
          rose's packed response log-probs against the model's own forward pass on each sequence
          alone, in the model dtype and in float32, next to the model's own bf16-vs-float32
          difference (the precision floor); and `support.measure_support`, the check that runs before
-         every pipeline, with the tolerance it is held to.
+         every pipeline, against float32, with the limit it is held to (from the model's own error).
 On a CPU (no CUDA) everything runs smaller in float32 and the FlashAttention rows say n/a.
 """
 
@@ -37,7 +37,7 @@ from rose.encoding import Encoded, pack
 from rose.grads import attention
 from rose.grads.losses import response_logprobs
 from rose.models import add_lora
-from rose.support import TOLERANCE, measure_support, probe_sequences
+from rose.support import measure_support, probe_sequences
 
 SIZES = {  # (hidden, layers, heads, kv heads, head dim, vocab, window, sequence lengths)
     "gpu": dict(hidden=1024, layers=4, heads=8, kv_heads=2, head_dim=128, vocab=32000, window=256, lengths=[1500, 700, 257, 40]),
@@ -146,7 +146,8 @@ def model_rows(size: dict, device: torch.device, dtype: torch.dtype) -> list[dic
             "packed_vs_own_nats": float((packed - own).abs().max()), "packed_vs_own_nats_per_token": per_token(packed, own),
             "own_vs_own_float32_nats_per_token": per_token(own, own_exact),
             "packed_vs_own_float32_nats_per_token": per_token(packed_exact, own_exact),
-            "support_logprob": support.logprob, "support_gradient": support.gradient, "support_tolerance": TOLERANCE.get(dtype, 0.1),
+            "support_logprob": support.rose.logprob, "support_logprob_limit": support.limit("logprob"),
+            "support_gradient": support.rose.gradient, "support_gradient_limit": support.limit("gradient"),
         })
     return rows
 
@@ -182,7 +183,8 @@ def main() -> None:
               + ("  ok: W" if min(errors, key=errors.get) == window else "  WRONG WINDOW"))
     print()
     print(_table(result["models"], ["model", "dtype", "packed_path", "packed_vs_own_nats_per_token", "own_vs_own_float32_nats_per_token",
-                                    "packed_vs_own_float32_nats_per_token", "support_logprob", "support_gradient", "support_tolerance"]))
+                                    "packed_vs_own_float32_nats_per_token", "support_logprob", "support_logprob_limit", "support_gradient",
+                                    "support_gradient_limit"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

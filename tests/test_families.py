@@ -191,3 +191,44 @@ def test_the_pipeline_refuses_such_a_model_before_it_writes_anything(tmp_path, d
     with pytest.raises(ConfigError, match=r"tiny-qwen2-moe \(Qwen2MoeForCausalLM\) is not supported"):
         run_stages(tiny_config(run_dir, demo_files, **{"model.name": str(folder), "model.device": "cpu"}))
     assert not run_dir.exists()
+
+
+@pytest.fixture(params=["fresh", "trained"])
+def gemma3_bf16(request):
+    """The tiny Gemma 3 in bfloat16 (weights and adapters, as the gradient stages run it on a GPU),
+    with fresh adapters (B = 0, as every run's check meets them) or trained ones."""
+    from rose.models import set_adapter_dtype
+
+    config_class, settings, _ = FAMILIES["gemma3"]
+    model = tiny_model(config_class, settings)
+    if request.param == "fresh":
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.zeros_(p)
+    model.get_base_model().to(torch.bfloat16)
+    set_adapter_dtype(model, torch.bfloat16)
+    return model
+
+
+def test_in_bfloat16_rose_is_held_to_a_float32_reference_and_passes_as_the_models_own_forward_does(gemma3_bf16):
+    from rose.support import measure_support, probe_sequences
+
+    before = {k: v.clone() for k, v in gemma3_bf16.state_dict().items()}
+    report = measure_support(gemma3_bf16, probe_sequences(gemma3_bf16, 64))
+    assert report.reference_dtype == torch.float32 and report.dtype == torch.bfloat16
+    assert report.own.logprob > 1e-4 and report.own.gradient > 1e-4  # the reference is not the bf16 forward itself
+    assert report.rose.logprob <= report.limit("logprob") and report.rose.gradient <= report.limit("gradient")
+    after = gemma3_bf16.state_dict()  # cast to float32 for the reference and back: the same bits, the same dtypes
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    check_model_support(gemma3_bf16, "tiny-gemma3-bf16", max_length=64)
+
+
+def test_in_bfloat16_a_soft_cap_left_out_is_still_refused(gemma3_bf16, monkeypatch):
+    """Without the final soft-cap, rose's log-probs are 0.2 nats per token from float32 where the
+    model's own bf16 forward is 0.005 away: refused, with both numbers in the message."""
+    from rose.grads.losses import LogitFinish
+
+    monkeypatch.setattr(LogitFinish, "of", classmethod(lambda cls, config: cls()))
+    with pytest.raises(ConfigError, match=r"in bfloat16 disagree with the model's own forward pass in float32: response log-probs "
+                                          r"\(nats per token\) differ by [0-9.e-]+ \(the model's own bfloat16 forward: [0-9.e-]+; limit"):
+        check_model_support(gemma3_bf16, "tiny-gemma3-bf16", max_length=64)

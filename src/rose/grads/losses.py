@@ -20,7 +20,8 @@ def response_logprobs(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor
     Returns (logp_sum [B] float32, n_tokens [B]). The vocabulary-sized logits are formed only at
     the response positions: the decoder's hidden states there are gathered and sent through the LM
     head (and the family's logit post-processing, `LogitFinish`), so prompt and padding positions
-    cost no logits, no softmax and no memory for either.
+    cost no logits, no softmax and no memory for either; and in chunks (`token_nll`), so memory
+    does not grow with the vocabulary.
     """
     targets = batch["labels"][:, 1:]  # position t predicts token t+1
     rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
@@ -34,11 +35,64 @@ def response_logprobs(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor
     else:
         hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
         owner, n_seqs = rows, targets.shape[0]
-    logits = head(hidden[rows, cols])  # [K, V] for the K response tokens of the batch
-    logits = finish(logits.float() if logits.dtype.itemsize < 4 else logits)  # bf16 logits finished in float32
-    nll = F.cross_entropy(logits, targets[rows, cols], reduction="none")
+    nll = token_nll(hidden[rows, cols], targets[rows, cols], head, finish)
     logp = torch.zeros(n_seqs, dtype=nll.dtype, device=nll.device).index_add_(0, owner, -nll)
     return logp, torch.bincount(owner, minlength=n_seqs)
+
+
+#: The most logits (tokens x vocabulary) formed at once: 2^26 floats, 256 MiB in float32. A pack of
+#: 32,768 response tokens with Gemma 3's 262k vocabulary would otherwise form 32 GiB of logits, and
+#: the same pack with SmolLM2's 49k 6 GiB; in chunks, peak memory no longer grows with the vocabulary.
+LOGITS_PER_CHUNK = 2**26
+
+
+def token_nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, finish: LogitFinish) -> torch.Tensor:
+    """[K] negative log-likelihood of each target token from the decoder's hidden states [K, H],
+    through the LM head and the family's logit post-processing, never forming more than
+    `LOGITS_PER_CHUNK` logits at once. With gradients, each chunk's gradient w.r.t. its hidden
+    states is taken as the chunk is formed (`_ChunkedNLL`), so backward keeps [K, H], not [K, V]."""
+    chunk = max(1, LOGITS_PER_CHUNK // _vocab_size(head))
+    if hidden.requires_grad and torch.is_grad_enabled():
+        if any(p.requires_grad for p in head.parameters()):
+            raise ValueError("the LM head is trained (a LoRA target or unfrozen); rose keeps only the hidden states' "
+                             "gradient of the chunked logits: train attention projections, not the head")
+        return _ChunkedNLL.apply(hidden, targets, head, finish, chunk)
+    return torch.cat([_nll(h, t, head, finish) for h, t in zip(hidden.split(chunk), targets.split(chunk))])
+
+
+def _nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, finish: LogitFinish) -> torch.Tensor:
+    logits = head(hidden)
+    logits = finish(logits.float() if logits.dtype.itemsize < 4 else logits)  # bf16 logits finished in float32
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _vocab_size(head: torch.nn.Module) -> int:
+    return head.weight.shape[0]
+
+
+class _ChunkedNLL(torch.autograd.Function):
+    """Token NLLs whose backward is a stored [K, H] gradient: each token's loss depends on its own
+    hidden state only, so d(sum_k g_k nll_k)/dh_k = g_k dnll_k/dh_k, and dnll/dh is taken chunk by
+    chunk in forward (the same products autograd would run in backward: no recomputation, as in
+    fused linear + cross-entropy kernels)."""
+
+    @staticmethod
+    def forward(ctx, hidden, targets, head, finish, chunk):  # noqa: ANN001 (autograd.Function signature)
+        nll, grads = [], []
+        with torch.enable_grad():
+            for h, t in zip(hidden.split(chunk), targets.split(chunk)):
+                h = h.detach().requires_grad_()
+                loss = _nll(h, t, head, finish)
+                grads.append(torch.autograd.grad(loss.sum(), h)[0])
+                nll.append(loss.detach())
+        ctx.save_for_backward(torch.cat(grads))
+        return torch.cat(nll)
+
+    @staticmethod
+    def backward(ctx, grad_nll):  # noqa: ANN001
+        (grad_hidden,) = ctx.saved_tensors
+        wide = torch.promote_types(grad_hidden.dtype, torch.float32)  # scaled in float32 or wider, stored as the model's
+        return (grad_hidden.to(wide) * grad_nll[:, None].to(wide)).to(grad_hidden.dtype), None, None, None, None
 
 
 @dataclass(frozen=True)
