@@ -88,6 +88,7 @@ def similarities(
     weights: np.ndarray,
     device: torch.device | None = None,
     bases: Sequence[np.ndarray] | None = None,
+    row_max: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """[N, M] sum over checkpoints c of weights[c, m] <train_c[n], val_c[m]>.
 
@@ -97,7 +98,9 @@ def similarities(
     is [M, M'], e.g. the identity); weights: [C, M] (`pair_weights`); bases: per checkpoint a
     [d, k] orthonormal basis (`subspace`) that both sides are projected onto and renormalised in
     first, or None. Each block's products run on `device` in float32 (on a GPU, seconds for a
-    pool that keeps a CPU busy for a minute); the checkpoint sum is taken in float64.
+    pool that keeps a CPU busy for a minute); the checkpoint sum is taken in float64. `row_max`, if
+    given, receives per checkpoint the [N] largest |feature| of each row, from the same read (NaN
+    or inf for a row with either, 0 for an all-zero one: `numerics.pool_rows_to_drop` reads it).
     """
     import torch  # here, not at import: selectors (and the CLI) import this module torch-free
     import torch.nn.functional as F
@@ -111,14 +114,18 @@ def similarities(
     basis = [None] * len(val) if bases is None else [torch.as_tensor(np.asarray(b, np.float32), device=device) for b in bases]
     targets = [torch.as_tensor(np.asarray(v, np.float32), device=device) for v in val]
     targets = [v if b is None else F.normalize(v @ b, dim=1) for v, b in zip(targets, basis)]
-    sims = []
+    sims, maxima = [], [[] for _ in train]
     for i in range(len(train[0])):
         total = None
-        for w, blocks, v, b in zip(weights, train, targets, basis):
+        for w, blocks, v, b, m in zip(weights, train, targets, basis, maxima):
             x = torch.tensor(blocks[i], device=device).float()  # a copy: the shards are read-only memmaps
+            if row_max is not None:
+                m.append(x.abs().amax(dim=1).cpu().numpy())  # amax keeps NaN
             if b is not None:
                 x = F.normalize(x @ b, dim=1)
             part = (x @ v.T).double() * torch.as_tensor(w, device=device)
             total = part if total is None else total + part
         sims.append(total.cpu().numpy())
+    if row_max is not None:
+        row_max.extend(np.concatenate(m) for m in maxima)
     return np.concatenate(sims)

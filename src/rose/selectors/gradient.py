@@ -28,7 +28,7 @@ def gradient_similarities(run: Run) -> tuple[np.ndarray, list[int], dict]:
     dropped for broken features, what to keep in scores.json), from the stored train and
     validation gradients and the method's options. The features are checked as they are read
     (`numerics.py`): a broken validation pair is an error; a few broken pool examples are dropped,
-    more are an error."""
+    more are an error (both from the one pass over the pool's shards)."""
     import numpy as np
 
     from ..influence import pair_weights, similarities, subspace
@@ -42,7 +42,6 @@ def gradient_similarities(run: Run) -> tuple[np.ndarray, list[int], dict]:
     ckpts, n_pairs = run.checkpoints(), len(vm["ids"])
     apart = target_kind(run.selector, options) == "apart"
     train = [open_shards(train_sd.path / c.path.name, tm["n"], tm["shard_size"]) for c in ckpts]
-    dropped = pool_rows_to_drop({c.path.name: blocks for c, blocks in zip(ckpts, train)}, [e.id for e in run.pool.records], "score")
     if tm["exact"]:  # the shards hold cosines with each target's pairs, target after target
         combine = np.hstack([np.eye(n_pairs), -np.eye(n_pairs)]) if apart else np.eye(n_pairs)
         val = [combine] * len(ckpts)
@@ -58,7 +57,10 @@ def gradient_similarities(run: Run) -> tuple[np.ndarray, list[int], dict]:
     info = {"checkpoint_weights": weights.mean(axis=1).tolist()}
     if options.checkpoint_weights == "lr_dpo":
         info["pair_weights"] = weights.tolist()
-    return similarities(train, val, weights, run.device, bases), dropped, info
+    row_max: list[np.ndarray] = []
+    sims = similarities(train, val, weights, run.device, bases, row_max)
+    dropped = pool_rows_to_drop({c.path.name: [m[:, None]] for c, m in zip(ckpts, row_max)}, [e.id for e in run.pool.records], "score")
+    return sims, dropped, info
 
 
 def influence_scores(run: Run) -> Scores:
