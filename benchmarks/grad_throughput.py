@@ -58,8 +58,9 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 from less_baseline import PROJECT_INTERVAL, less_features
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from rose.config import LoraConfig
 from rose.encoding import Encoded, collate, pack, token_batches, token_packs
@@ -77,9 +78,14 @@ ARCHS = {
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, rope_theta=100000.0,
                          max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True),
+    "gemma-3-270m": dict(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+                         num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
+                         layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3, max_position_embeddings=32768,
+                         rms_norm_eps=1e-6, tie_word_embeddings=True),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, tie_word_embeddings=False),
 }
+CONFIG_CLASS = {"gemma-3-270m": "Gemma3TextConfig"}  # the rest are Llama-shaped
 FLOOR = ("4 x body_params x tokens + 4 x lm_head_params x logit_positions FLOPs at the measured bf16 matmul rate; "
          "body_params: decoder parameters incl. LoRA adapters, without input embedding and LM head; lm_head_params: "
          "vocab x hidden, once even when tied; logit_positions: response positions for rose's modes, every position "
@@ -151,7 +157,7 @@ def floor_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def build(arch: str, r: int, alpha: float, device: torch.device, dtype: torch.dtype):
-    config = LlamaConfig(**ARCHS[arch])
+    config = getattr(transformers, CONFIG_CLASS.get(arch, "LlamaConfig"))(**ARCHS[arch])
     config._attn_implementation = "sdpa"
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
