@@ -13,12 +13,13 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet
 import pytest
-from conftest import tiny_llama
+from conftest import tiny_config, tiny_llama
 
 from rose.encoding import collate, encode_example
 from rose.errors import RunDirError
 from rose.exports import score_table, write_exports
 from rose.formats import read_pool
+from rose.pipeline import run_stages
 from rose.selection import top_fraction
 from rose.store import save_array, write_json
 
@@ -66,6 +67,32 @@ def test_every_file_of_a_selection(demo_files, tmp_path):
     as_csv = pyarrow.csv.read_csv(out / "scores.csv")
     assert as_csv.column_names == ranked.column_names and as_csv["id"].to_pylist() == ranked["id"].to_pylist()
     assert np.array_equal(as_csv["askhistory"].to_numpy().astype(np.float32), per_subtask[order, 2])
+
+
+def test_subtask_columns_are_named_in_the_validation_sets_first_seen_order(tmp_path, demo_files):
+    """The score stage, through a method's per-pair similarities (bm25: no model), to the exported table:
+    validation subtasks whose first-seen order is not alphabetical keep that order as columns, and
+    each column holds the mean over its own subtask's pairs (a sorted order would swap the labels)."""
+    config = tiny_config(tmp_path / "run", demo_files, **{"select.method": "bm25", "data.validation.subtasks": 2,
+                                                         "data.validation.subtask_names": "[zeta, alpha]"})
+    run = run_stages(config, ["score", "select"])
+    subtasks = [p.subtask for p in run.validation.records]
+    assert subtasks == ["zeta", "zeta", "alpha", "alpha"]
+    scores_dir = tmp_path / "run/scores"
+    assert json.loads((scores_dir / "scores.json").read_text())["subtasks"] == ["zeta", "alpha"]
+    per_pair = np.load(scores_dir / "per_pair.npy").astype(np.float64)
+    by_hand = {name: per_pair[:, [j for j, s in enumerate(subtasks) if s == name]].mean(axis=1) for name in ("zeta", "alpha")}
+    assert not np.allclose(by_hand["zeta"], by_hand["alpha"], atol=1e-3)  # the columns can be told apart
+    per_subtask = np.load(scores_dir / "per_subtask.npy")
+    assert np.allclose(per_subtask, np.stack([by_hand["zeta"], by_hand["alpha"]], axis=1), atol=1e-5)
+    ranked = pyarrow.parquet.read_table(tmp_path / "run/selection/scores.parquet")
+    assert ranked.column_names == ["rank", "id", "source", "score", "zeta", "alpha"]
+    order = [{e.id: i for i, e in enumerate(run.pool.records)}[i] for i in ranked["id"].to_pylist()]
+    for name in ("zeta", "alpha"):
+        assert np.allclose(ranked[name].to_numpy(), by_hand[name][order], atol=1e-5)
+    as_csv = pyarrow.csv.read_csv(tmp_path / "run/selection/scores.csv")
+    assert as_csv.column_names == ranked.column_names
+    assert np.allclose(as_csv["zeta"].to_numpy(), by_hand["zeta"][order], atol=1e-5)
 
 
 def test_a_parquet_pool_is_exported_in_its_own_schema(tmp_path):

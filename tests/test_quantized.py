@@ -10,9 +10,9 @@ bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed 
 
 from rose.config import LoraConfig, ModelConfig, TrainConfig  # noqa: E402
 from rose.distributed import Dist  # noqa: E402
-from rose.encoding import Encoded  # noqa: E402
+from rose.encoding import Encoded, collate  # noqa: E402
 from rose.grads import engine, oracle  # noqa: E402
-from rose.grads.losses import SFTLoss  # noqa: E402
+from rose.grads.losses import SFTLoss, response_logprobs, sft_losses  # noqa: E402
 from rose.models import add_lora, load_model, lora_parameters  # noqa: E402
 from rose.support import check_model_support  # noqa: E402
 from rose.train import train_lora  # noqa: E402
@@ -66,9 +66,24 @@ def test_per_example_adapter_gradients_match_autograd_on_the_4bit_model(quantize
     check_model_support(quantized, "tiny-nf4", 64)  # the check every run makes before its first stage
 
 
+def _mean_loss(model, examples: list[Encoded]) -> float:
+    """The training loss (mean over examples of each one's mean response-token NLL) on a fixed set."""
+    with torch.no_grad():
+        return float(sft_losses(*response_logprobs(model, collate(examples, 2))).mean())
+
+
 def test_a_4bit_base_trains_its_adapters(quantized, tmp_path):
-    settings = TrainConfig(epochs=2, lr=1e-2, batch_size=3, micro_batch_tokens=64, warmup_ratio=0.0)
-    ckpts = train_lora(quantized, _examples(1) * 2, settings, tmp_path, 2, 0, Dist(), save_checkpoints=True, log=lambda _: None)
+    """Eight steps lower the loss on the very examples they trained on, measured on the same set
+    before and after (two different shuffled batches differ by more than a few steps move it)."""
+    examples = _examples(1)
+    before = _mean_loss(quantized, examples)
+    # every step is over the whole set (one step per epoch), so each step's logged loss is the same set's
+    settings = TrainConfig(epochs=8, lr=1e-2, batch_size=len(examples), micro_batch_tokens=64, warmup_ratio=0.0)
+    ckpts = train_lora(quantized, examples, settings, tmp_path, 2, 0, Dist(), save_checkpoints=True, log=lambda _: None)
+    after = _mean_loss(quantized, examples)
     losses = [c.state()["losses"] for c in ckpts]
-    assert losses[-1][-1] < losses[0][0]
+    assert [len(x) for x in losses] == [1] * 8 and losses[0][0] == pytest.approx(before, rel=1e-5)
+    # from 4.57 to about 4.37 before the last step and 4.36 after it (with lr 0 it would not move at all)
+    assert losses[-1][-1] < 0.97 * losses[0][0], losses
+    assert after < 0.97 * before, (before, after)
     quantized.eval()
