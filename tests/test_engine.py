@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import lora_model
 from float64_model import truly_float64
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -63,8 +64,21 @@ def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
     assert _rel_err(got, expected) < tol
 
 
+def _own_logp(model, seq: Encoded) -> torch.Tensor:
+    """The model's own forward pass on one sequence alone (full logits, log_softmax), its response
+    tokens' log-probs summed by hand: no rose code between the model and the number."""
+    logits = model(input_ids=torch.tensor([seq.input_ids])).logits[0]
+    logp = torch.log_softmax(logits, dim=-1)
+    return sum(logp[t, seq.input_ids[t + 1]] for t in range(seq.n_prompt - 1, len(seq) - 1))
+
+
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
 def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
+    """The engine's per-pair DPO gradients against a reference that shares no code with rose's
+    losses: each sequence's log-prob from the model's own forward pass, the DPO loss written out
+    here, -log sigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r))), and plain autograd, one pair at
+    a time (the oracle, which calls rose's `dpo_losses`, must agree with it too)."""
+    beta = 0.1
     model = _lora_model(dtype)
     params = lora_parameters(model)
     ex = _examples(tokenizer)
@@ -73,13 +87,21 @@ def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
         ref, _ = engine.sequence_logprobs(model, [s for p in pairs for s in p], 10_000, torch.device("cpu"))
     ref = ref.view(-1, 2)
     exact = _float64_copy(model)
-    expected = torch.stack(list(oracle.dpo_grads(exact, list(lora_parameters(exact).values()), pairs, ref, 0.1,
-                                                    tokenizer.pad_token_id)))
+    exact_params = list(lora_parameters(exact).values())
+    expected = []
+    for (chosen, rejected), (ref_c, ref_r) in zip(pairs, ref.double()):
+        lp_c, lp_r = _own_logp(exact, chosen), _own_logp(exact, rejected)
+        margin = (lp_c - ref_c) - (lp_r - ref_r)
+        loss = -F.logsigmoid(beta * margin)
+        expected.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, exact_params)]))
+    expected = torch.stack(expected)
+    via_oracle = torch.stack(list(oracle.dpo_grads(exact, exact_params, pairs, ref, beta, tokenizer.pad_token_id)))
     got = torch.zeros_like(expected)
-    for idx, parts in engine.per_example_grads(model, list(params), pairs, DPOLoss(ref, 0.1), 10_000, torch.device("cpu")):
+    for idx, parts in engine.per_example_grads(model, list(params), pairs, DPOLoss(ref, beta), 10_000, torch.device("cpu")):
         got[idx] = torch.cat(list(parts), dim=1).to(got.dtype)
     assert expected.norm(dim=1).min() > 0
     assert _rel_err(got, expected) < tol
+    assert _rel_err(via_oracle, expected) < 1e-10
 
 
 def test_small_token_budget_splits_batches_without_changing_results(tokenizer):
