@@ -8,6 +8,15 @@ import torch
 from rose.encoding import Encoded
 
 
+def own_logp(model: torch.nn.Module, seq: Encoded) -> torch.Tensor:
+    """One sequence's summed response log-prob from the model's own forward pass of it alone (full
+    logits, log_softmax in float32 or wider, summed by hand), differentiable: the reference that
+    gradients are held to."""
+    logits = model(input_ids=torch.tensor([seq.input_ids])).logits[0]
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    return sum(logp[t - 1, seq.input_ids[t]] for t in range(seq.n_prompt, len(seq)))
+
+
 @torch.no_grad()
 def own_logps(model: torch.nn.Module, sequences: list[Encoded]) -> np.ndarray:
     """[N] summed response log-probs, each from the model's own forward pass of that sequence alone

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import lora_model
 from float64_model import truly_float64
+from own_forward import own_logp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rose.encoding import Encoded, collate, encode, pack
@@ -64,14 +65,6 @@ def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
     assert _rel_err(got, expected) < tol
 
 
-def _own_logp(model, seq: Encoded) -> torch.Tensor:
-    """The model's own forward pass on one sequence alone (full logits, log_softmax), its response
-    tokens' log-probs summed by hand: no rose code between the model and the number."""
-    logits = model(input_ids=torch.tensor([seq.input_ids])).logits[0]
-    logp = torch.log_softmax(logits, dim=-1)
-    return sum(logp[t, seq.input_ids[t + 1]] for t in range(seq.n_prompt - 1, len(seq) - 1))
-
-
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
 def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
     """The engine's per-pair DPO gradients against a reference that shares no code with rose's
@@ -90,7 +83,7 @@ def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
     exact_params = list(lora_parameters(exact).values())
     expected = []
     for (chosen, rejected), (ref_c, ref_r) in zip(pairs, ref.double()):
-        lp_c, lp_r = _own_logp(exact, chosen), _own_logp(exact, rejected)
+        lp_c, lp_r = own_logp(exact, chosen), own_logp(exact, rejected)
         margin = (lp_c - ref_c) - (lp_r - ref_r)
         loss = -F.logsigmoid(beta * margin)
         expected.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, exact_params)]))

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from own_forward import own_logp
 
 from rose.config import LoraConfig
 from rose.encoding import Encoded, collate, pack
@@ -76,13 +77,6 @@ def random_sequences(lengths: list[tuple[int, int]], seed: int) -> list[Encoded]
 
 EXAMPLES = random_sequences([(7, 17), (3, 12), (9, 20), (1, 6)], seed=1)  # longer than the 5-token windows
 PAIRS = [(EXAMPLES[0], EXAMPLES[1]), (EXAMPLES[2], EXAMPLES[3])]  # (chosen, rejected)
-
-
-def own_logp(model, seq: Encoded) -> torch.Tensor:
-    """The model's own forward pass on one sequence alone: its summed response log-probability."""
-    logits = model(input_ids=torch.tensor([seq.input_ids])).logits[0]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return sum(logp[t, seq.input_ids[t + 1]] for t in range(seq.n_prompt - 1, len(seq) - 1))
 
 
 def engine_grads(batches) -> dict[int, torch.Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from own_forward import own_logp
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -58,11 +59,6 @@ def model():
 SEQS = [Encoded(tuple(torch.randint(3, VOCAB, (n,), generator=torch.Generator().manual_seed(n)).tolist()), p)
         for p, n in [(8, 40), (4, 36), (10, 42)]]  # 96 response tokens in all
 PAIR = [(SEQS[0], SEQS[1])]
-
-
-def own_logp(model, seq: Encoded) -> torch.Tensor:
-    logits = model(input_ids=torch.tensor([seq.input_ids])).logits[0, seq.n_prompt - 1 : -1]
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(seq.input_ids[seq.n_prompt :])[:, None]).sum()
 
 
 def flat(batches) -> dict[int, torch.Tensor]:

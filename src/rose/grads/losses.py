@@ -51,7 +51,7 @@ def token_nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module
     through the LM head and the family's logit post-processing, never forming more than
     `LOGITS_PER_CHUNK` logits at once. With gradients, each chunk's gradient w.r.t. its hidden
     states is taken as the chunk is formed (`_ChunkedNLL`), so backward keeps [K, H], not [K, V]."""
-    chunk = max(1, LOGITS_PER_CHUNK // _vocab_size(head))
+    chunk = max(1, LOGITS_PER_CHUNK // head.weight.shape[0])  # tokens per chunk: the head's rows are the vocabulary
     if hidden.requires_grad and torch.is_grad_enabled():
         if any(p.requires_grad for p in head.parameters()):
             raise ValueError("the LM head is trained (a LoRA target or unfrozen); rose keeps only the hidden states' "
@@ -64,10 +64,6 @@ def _nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, fin
     logits = head(hidden)
     logits = finish(logits.float() if logits.dtype.itemsize < 4 else logits)  # bf16 logits finished in float32
     return F.cross_entropy(logits, targets, reduction="none")
-
-
-def _vocab_size(head: torch.nn.Module) -> int:
-    return head.weight.shape[0]
 
 
 class _ChunkedNLL(torch.autograd.Function):
