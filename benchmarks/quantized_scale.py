@@ -59,9 +59,9 @@ def measure(arch: str, layers: int, folder: Path, lengths: list, args, device: t
     settings = {**ARCHS[arch], "num_hidden_layers": layers}
     torch.manual_seed(0)
     with torch.device(device):
-        model = LlamaForCausalLM(LlamaConfig(**settings)).to(torch.bfloat16)
-    model.save_pretrained(folder, max_shard_size="5GB")
-    del model
+        built = LlamaForCausalLM(LlamaConfig(**settings)).to(torch.bfloat16)
+    built.save_pretrained(folder, max_shard_size="5GB")
+    del built
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -79,18 +79,18 @@ def measure(arch: str, layers: int, folder: Path, lengths: list, args, device: t
     moments = AdamMoments(torch.zeros(sum(segments), device=device), torch.full((sum(segments),), 1e-8, device=device), 0.9, 0.999, 1e-8)
     sink = ProjectedFeatures(SparseProjector(segments, args.dim, 0), moments)
 
-    def engine_pass() -> None:
-        for _, parts in engine.per_example_grads(model, names, examples, SFTLoss(), batch_tokens, device):
+    def engine_pass(net) -> None:
+        for _, parts in engine.per_example_grads(net, names, examples, SFTLoss(), batch_tokens, device):
             sink(parts)
 
-    engine_pass()  # warm-up
+    engine_pass(model)  # warm-up
     times = []
     for _ in range(args.repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        engine_pass()
+        engine_pass(model)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The selection study behind docs/results.md ("Which ROSE"): one task's main comparison at 5% with
-# every ablation of configs/<task>.yaml (compare.ablations), the baselines and 3 fine-tune seeds each.
+# every ablation of configs/<task>.yaml (compare.ablations), the baselines and 3 fine-tune seeds each;
+# with --sweeps, the budget (1, 5, 10%) and few-shot (1, 2, 5, 10) sweeps of the three best and the
+# baselines instead, 3 seeds at every point.
 #
-#   [ROSE_TIME_LIMIT=SECONDS] [WORKERS_PER_GPU=2] benchmarks/selection_study.sh TASK [KEY=VALUE ...]
+#   [ROSE_TIME_LIMIT=SECONDS] [WORKERS_PER_GPU=2] benchmarks/selection_study.sh TASK [--sweeps] [KEY=VALUE ...]
 #
 # TASK is shp or hh; extra overrides go to every command (model.name=..., compare.methods=[...]).
 # 1) The shared work (warm-up, pool gradients) runs once under torchrun on every visible GPU.
@@ -11,20 +13,29 @@
 #    fine-tune seed runs before any second one, so a run stopped early still covers every method.
 # On a machine reached through calls shorter than the study, start it with `benchmarks/detached.sh
 # start LOG benchmarks/selection_study.sh TASK ...` and collect with `detached.sh wait`.
-# Everything resumes: run it again after an interruption. Results: docs/results/study/<task>.json,
-# whose table `python benchmarks/study_table.py docs/results/study/<task>.json` prints.
+# Everything resumes: run it again after an interruption. Results: docs/results/study/<task>.json
+# (<task>-sweeps.json), whose tables `python benchmarks/study_table.py FILE` prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 task=${1:?usage: benchmarks/selection_study.sh shp|hh [KEY=VALUE ...]}
 shift
+sweeps=0
+if [[ ${1:-} == --sweeps ]]; then sweeps=1; shift; fi
 py=${PYTHON:-python3}
 limit=${ROSE_TIME_LIMIT:-0}
 per_gpu=${WORKERS_PER_GPU:-2}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 methods="[rose-paper, less, random, rose-rr-subtasks, rose-rr-pairs, rose-apart, rose-token-mean, rose-lr-dpo, rose-gist,
   rose-adam-val, rose-subtasks-mean, rose-shots-max, rose-last-ckpt, rds+, hybrid, bm25, embedding, less-rr-pairs]"
-args=("configs/$task.yaml" "compare.methods=$methods" "compare.budget_methods=[]" "compare.shot_methods=[]"
-      "compare.results_json=docs/results/study/$task.json" "$@")
+out=docs/results/study/$task.json
+args=("configs/$task.yaml" "compare.methods=$methods" "compare.budget_methods=[]" "compare.shot_methods=[]")
+if ((sweeps)); then  # the three best of the study (docs/results.md, "The decision") and the baselines
+  best="[rose, rose-last-ckpt, rose-gist, less, random]"
+  out=docs/results/study/$task-sweeps.json
+  args=("configs/$task.yaml" "compare.methods=$best" "compare.budgets=[0.01, 0.1]" "compare.budget_methods=$best"
+        "compare.shot_methods=$best")
+fi
+args+=("compare.results_json=$out" "$@")
 gpus=$($py -c "import torch; print(max(1, torch.cuda.device_count()))")
 left() { if ((limit)); then echo $((limit - SECONDS)); else echo 999999; fi; }
 
@@ -41,4 +52,4 @@ status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 ((status == 0)) || { echo "a worker stopped (exit $status): see runs/study-*.log; run again to continue"; exit "$status"; }
 $py -m rose compare --report-only "${args[@]}"
-echo "study done: docs/results/study/$task.json"
+echo "study done: $out"

@@ -1,11 +1,17 @@
-"""Print the selection study's table (docs/results.md) from a results JSON of `rose compare`.
+"""Print the selection study's tables (docs/results.md) from results JSONs of `rose compare`.
 
     python benchmarks/study_table.py docs/results/study/shp.json
+    python benchmarks/study_table.py docs/results/study/shp.json docs/results/study/hh.json --rule
 
-One row per method or ablation of the main comparison, best mean held-out accuracy first: mean ±
+One row per method or ablation of the main comparison, best mean held-out accuracy first (then the
+budget and few-shot sweeps' tables where the file has them): mean ±
 std over its runs (fine-tune seeds; selection seeds for random), the paired 95% bootstrap interval
 of its accuracy minus random's and minus LESS's (`rose.stats`, over the held-out pairs, seeds
 averaged pair by pair), its validation DPO loss and the chat source's share of its selection.
+
+With --rule and several tasks' files, also the decision table of the rule stated in
+docs/results.md: each candidate's gain over LESS per task and their mean, and whether its
+interval against random lies above 0 on every task; eligible candidates first, highest mean first.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rose.report import method_summary
+from rose.report import method_summary, sweep_summary, sweep_tables
 
 
 def interval(entry: dict | None) -> str:
@@ -51,12 +57,48 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+RULE_CANDIDATES = ("rose-paper", "hybrid")   # plus every rose-* ablation
+
+
+def rule_rows(tasks: dict[str, dict]) -> list[dict]:
+    """The pre-stated rule: highest mean gain over LESS among variants above random on every task."""
+    summaries = {task: method_summary(results) for task, results in tasks.items()}
+    common = set.intersection(*(set(s) for s in summaries.values()))
+    rows = []
+    for method in sorted(m for m in common if m in RULE_CANDIDATES or m.startswith("rose-")):
+        gains = {task: s[method]["acc_minus_less"]["difference"] for task, s in summaries.items()}
+        above = all(s[method]["acc_minus_random"]["low"] > 0 for s in summaries.values())
+        rows.append({"method": method, "gains": gains, "mean": sum(gains.values()) / len(gains), "eligible": above})
+    return sorted(rows, key=lambda r: (not r["eligible"], -r["mean"]))
+
+
+def render_rule(rows: list[dict]) -> str:
+    tasks = list(rows[0]["gains"])
+    lines = ["| variant | " + " | ".join(f"{t}: minus LESS" for t in tasks) + " | mean | above random on every task |",
+             "|---|" + "---:|" * (len(tasks) + 1) + "---|"]
+    for r in rows:
+        gains = " | ".join(f"{r['gains'][t]:+.4f}" for t in tasks)
+        lines.append(f"| {r['method']} | {gains} | {r['mean']:+.4f} | {'yes' if r['eligible'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path, help="a results JSON written by rose compare (compare.results_json)")
+    parser.add_argument("results", type=Path, nargs="+", help="results JSONs written by rose compare (compare.results_json)")
+    parser.add_argument("--rule", action="store_true", help="also print the decision table of the rule across the files")
     args = parser.parse_args()
-    data = json.loads(args.results.read_text())
-    print(render(study_rows(data["variants"])))
+    tasks = {path.stem: json.loads(path.read_text())["variants"] for path in args.results}
+    for task, results in tasks.items():
+        if len(tasks) > 1:
+            print(f"\n{task}")
+        print(render(study_rows(results)))
+        methods = list(dict.fromkeys(r["method"] for r in results.values()))
+        for group, title, point in (("budget", "Data budget", "budget"), ("shots", "Validation shots", "shots")):
+            if any(r["group"] == group for r in results.values()):
+                print("\n".join(sweep_tables(sweep_summary(results, group), methods, title, point)))
+    if args.rule:
+        print("\nthe rule (docs/results.md)")
+        print(render_rule(rule_rows(tasks)))
 
 
 if __name__ == "__main__":

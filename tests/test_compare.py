@@ -301,7 +301,8 @@ def test_a_second_fine_tune_seed_tunes_the_same_selection_and_joins_the_spread_a
     last test, so the others see the comparison as it was) and summarised with the others."""
     config = load_config(compared.config_file, ["compare.finetune_seeds=[0,1]"])
     by_name = {v.name: v for v in compare.variants(config)}
-    second_runs = {"rose-p0.125-ft1", "less-p0.125-ft1", "bm25-p0.125-ft1", "embedding-p0.125-ft1", "full-ft1", "rose-p0.0625-ft1"}
+    second_runs = {"rose-p0.125-ft1", "less-p0.125-ft1", "bm25-p0.125-ft1", "embedding-p0.125-ft1", "full-ft1", "rose-p0.0625-ft1",
+                   "rose-p0.125-ft1-1shot", "rose-p0.125-ft1-4shot"}  # every sweep point gets its seeds too
     assert set(by_name) == set(VARIANTS) | second_runs  # random varies its selection seed instead
     first, variant = by_name["rose-p0.125"], by_name["rose-p0.125-ft1"]
     assert variant.config == dataclasses.replace(first.config, run_dir=variant.config.run_dir,

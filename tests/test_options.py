@@ -113,6 +113,16 @@ def test_ablations_are_named_variants_of_the_comparison_run_first_seed_first():
                      "rose-p0.05-ft1", "rr-p0.05-ft1", "random-seed1-p0.05", "mean-p0.05-ft1"]
 
 
+def test_the_few_shot_sweep_runs_every_seed_of_each_method(tmp_path):
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    config = load_config(None, ["compare.methods=[rose]", "compare.finetune_seeds=[0, 1]", "compare.random_seeds=[0, 1]",
+                                "compare.budget_methods=[]", f"compare.shots={{'1': [{one}]}}", "compare.shot_methods=[rose, random]"])
+    shots = {v.name: (v.seed, v.finetune_seed) for v in variants(config) if v.group == "shots"}
+    assert shots == {"rose-p0.05-1shot": (None, 0), "rose-p0.05-ft1-1shot": (None, 1),
+                     "random-seed0-p0.05-1shot": (0, 0), "random-seed1-p0.05-1shot": (1, 0)}
+
+
 # ------------------------------------------------------------------------------ on the tiny pipeline
 
 
@@ -212,8 +222,18 @@ def test_explicit_paper_options_are_rose_paper(variant):
     assert np.abs(_stored(paper, "per_subtask.npy") - np.stack([sims[:, :2].mean(1), sims[:, 2:].mean(1)], 1)).max() < 1e-5
 
 
+def test_rose_default_is_the_studys_mean_over_subtasks(variant):
+    """`rose` with no options: the paper's similarities, the mean over the two subtasks (not the max)."""
+    default, paper = variant("default"), variant("paper", method="rose-paper")
+    sims = _stored(paper, "per_pair.npy").astype(np.float64)
+    assert np.abs(_stored(default, "per_pair.npy") - sims).max() < 1e-6
+    per_subtask = np.stack([sims[:, :2].mean(1), sims[:, 2:].mean(1)], 1)
+    assert np.abs(_stored(default, "scores.npy") - per_subtask.mean(1)).max() < 1e-5
+    assert np.abs(_stored(default, "scores.npy") - per_subtask.max(1)).max() > 1e-3  # the paper's max differs
+
+
 def test_sides_chosen_is_less_and_shares_its_validation_gradients(variant):
-    chosen, less = variant("chosen", sides="chosen"), variant("less", method="less")
+    chosen, less = variant("chosen", sides="chosen", over_subtasks="max"), variant("less", method="less")  # LESS's aggregation
     assert np.array_equal(_stored(chosen, "scores.npy"), _stored(less, "scores.npy"))
     assert (chosen.dir / "grads/val").resolve() == (less.dir / "grads/val").resolve()
     assert not np.allclose(_stored(chosen, "scores.npy"), _stored(variant("paper", method="rose-paper"), "scores.npy"), atol=1e-3)

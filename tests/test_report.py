@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rose.report import method_summary, render_compare, wilson_interval
+from rose.report import method_summary, render_compare, sweep_summary, wilson_interval
 
 
 def _result(method: str, group: str, acc: float, **metrics) -> dict:
@@ -65,6 +65,29 @@ def test_paired_intervals_against_random_and_less_at_each_budget():
     assert "| random |  | 0.0000 ± 0.0000 |" in table and "| rose | 1.0000 | 1.0000 |" in table  # budgets 0.01 and 0.05
     assert f"| 0.05 | rose | +1.0000 [+1.0000, +1.0000] | {less} |" in table
     assert "| 0.01 | rose |  |  |" in table  # no random or LESS at 1%: nothing to compare with
+
+
+def test_shots_sweep_has_spread_over_seeds_and_intervals_at_each_shot_count():
+    """Two fine-tune seeds of ROSE and one of LESS at 1 and 5 shots: mean ± std per point, and the
+    paired interval against LESS from the seeds averaged pair by pair (no spread: exact bounds)."""
+    def shot(method: str, shots: str, correct: list[int]) -> dict:
+        return _result(method, "shots", sum(correct) / 4, heldout_correct=correct) | {"shots": shots}
+
+    results = {
+        "rose-1shot": shot("rose", "1", [1, 1, 0, 0]), "rose-ft1-1shot": shot("rose", "1", [1, 1, 1, 0]),
+        "less-1shot": shot("less", "1", [1, 1, 1, 1]),
+        "rose-5shot": shot("rose", "5", [1, 1, 1, 1]), "rose-ft1-5shot": shot("rose", "5", [1, 1, 1, 1]),
+        "less-5shot": shot("less", "5", [0, 0, 0, 0]),
+        "rose": _result("rose", "main", 0.0, heldout_correct=[0, 0, 0, 0]),  # the main group is not a shot count
+    }
+    by_shots = sweep_summary(results, "shots")
+    assert list(by_shots) == ["1", "5"]
+    assert by_shots["1"]["rose"]["heldout_pref_acc"] == 0.625 and by_shots["1"]["rose"]["n_runs"] == 2
+    assert by_shots["1"]["rose"]["heldout_pref_acc_std"] == pytest.approx(0.25 / 2 ** 0.5, abs=1e-12)
+    assert by_shots["5"]["rose"]["acc_minus_less"] == {"difference": 1.0, "low": 1.0, "high": 1.0, "n_pairs": 4}
+    table = render_compare(results, "t", [], {"budget": [], "shots": ["rose", "less"]}).splitlines()
+    assert f"| rose | 0.6250 ± {0.25 / 2 ** 0.5:.4f} | 1.0000 ± 0.0000 |" in table
+    assert "| 5 | rose | +1.0000 [+1.0000, +1.0000] |" in table
 
 
 def test_wilson_interval_solves_its_score_equation():

@@ -139,7 +139,7 @@ def _run_compare(config, shared_only: bool, report_only: bool) -> None:
     from .compare import prepare_shared, run_compare
     from .distributed import Dist
     from .errors import NumericalError, RunDirError
-    from .report import budget_summary, compare_plots, method_summary, render_compare, table
+    from .report import compare_plots, method_summary, render_compare, sweep_summary, table
     from .store import atomic_write_text, read_json, write_json
 
     out = Path(config.run_dir) / "compare"
@@ -151,7 +151,8 @@ def _run_compare(config, shared_only: bool, report_only: bool) -> None:
         sweeps = {"budget": config.compare.budget_methods, "shots": config.compare.shot_methods}
         atomic_write_text(out / "report.md", render_compare(results, f"rose compare: {config.run_dir}", images, sweeps))
         write_json(config.compare.results_json or out / "methods.json",
-                   {"run_dir": config.run_dir, "methods": method_summary(results), "budgets": budget_summary(results),
+                   {"run_dir": config.run_dir, "methods": method_summary(results), "budgets": sweep_summary(results, "budget"),
+                    "shots": sweep_summary(results, "shots"),
                     "variants": results})
 
     if report_only:

@@ -54,9 +54,8 @@ def runs_of(config: RunConfig, method: str) -> list[tuple[int | None, int]]:
 
 
 def variants(config: RunConfig) -> list[Variant]:
-    """The main comparison, then the budget sweep, then the few-shot sweep (duplicates dropped).
-    The main comparison and the budget sweep have every run of each method (`runs_of`); the
-    few-shot sweep its first."""
+    """The main comparison, then the budget sweep, then the few-shot sweep (duplicates dropped),
+    each with every run of each method (`runs_of`), so that every point has its spread over seeds."""
     cmp, base_fraction = config.compare, config.select.fraction
     out: dict[str, Variant] = {}
 
@@ -80,7 +79,8 @@ def variants(config: RunConfig) -> list[Variant]:
                 add("budget", method, fraction, seed, finetune_seed)
     for shots in cmp.shots:
         for method in cmp.shot_methods:
-            add("shots", method, base_fraction, None, runs_of(config, method)[0][1], shots)
+            for seed, finetune_seed in runs_of(config, method):
+                add("shots", method, base_fraction, seed, finetune_seed, shots)
     return list(out.values())
 
 

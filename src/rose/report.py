@@ -106,14 +106,16 @@ def method_summary(results: dict[str, dict], group: str = "main") -> dict[str, d
     return _summarise(by_method)
 
 
-def budget_summary(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """{budget: `_summarise` of the methods run at that budget}: the budget sweep, whose point at
-    select.fraction is the main comparison."""
-    by_budget: dict[float, dict[str, list[dict]]] = {}
+def sweep_summary(results: dict[str, dict], group: str) -> dict[str, dict[str, dict]]:
+    """{point: `_summarise` of the methods run there} for a sweep: "budget" (points are fractions;
+    the main comparison is its point at select.fraction) or "shots" (points are shot counts)."""
+    by_point: dict[str, dict[str, list[dict]]] = {}
     for r in finished(results).values():
-        if r["group"] in ("main", "budget"):
-            by_budget.setdefault(float(r["fraction"]), {}).setdefault(r["method"], []).append(r)
-    return {f"{fraction:g}": _summarise(by_method) for fraction, by_method in sorted(by_budget.items())}
+        if group == "budget" and r["group"] in ("main", "budget"):
+            by_point.setdefault(float(r["fraction"]), {}).setdefault(r["method"], []).append(r)
+        elif group == "shots" and r["group"] == "shots":
+            by_point.setdefault(int(r["shots"]), {}).setdefault(r["method"], []).append(r)
+    return {f"{point:g}": _summarise(by_method) for point, by_method in sorted(by_point.items())}
 
 
 def _mean_by(results: dict[str, dict], group: str, key: str, field: str = "heldout_pref_acc") -> dict[str, dict]:
@@ -246,31 +248,25 @@ def render_compare(results: dict[str, dict], title: str, images: list[str], swee
     for method in dict.fromkeys(r["method"] for r in main):
         row = next(r for r in main if r["method"] == method)
         lines.append(f"| {method} | " + " | ".join(f"{row['sources'][s]['share']:.1%}" for s in sources) + " |")
-    if any(r["group"] == "budget" for r in results.values()):
-        lines += _budget_tables(budget_summary(results), sweep_methods["budget"])
-    sweep = {m: v for m, v in _mean_by(results, "shots", "shots").items() if m in sweep_methods["shots"]}
-    if any(r["group"] == "shots" for r in results.values()):
-        columns = sorted({k for v in sweep.values() for k in v}, key=float)
-        lines += ["", "## Validation shots: held-out accuracy", "",
-                  "| method | " + " | ".join(map(str, columns)) + " |", "|---|" + "---:|" * len(columns)]
-        for method, points in sweep.items():
-            lines.append(f"| {method} | " + " | ".join(f"{points[c]:.4f}" if c in points else "" for c in columns) + " |")
+    for group, title, point in (("budget", "Data budget", "budget"), ("shots", "Validation shots", "shots")):
+        if any(r["group"] == group for r in results.values()):
+            lines += sweep_tables(sweep_summary(results, group), sweep_methods[group], title, point)
     if failed:
         lines += ["", "## Failed variants", ""] + [f"- {name}: {error}" for name, error in failed.items()]
     return "\n".join(lines) + "\n"
 
 
-def _budget_tables(by_budget: dict[str, dict[str, dict]], methods: list[str]) -> list[str]:
-    """Held-out accuracy (mean ± std over seeds) per method and budget, then each method's paired
-    intervals against random and LESS at each budget."""
-    shown = [m for m in dict.fromkeys(m for summary in by_budget.values() for m in summary) if m in methods]
-    lines = ["", "## Data budget: held-out accuracy", "", "| method | " + " | ".join(by_budget) + " |", "|---|" + "---:|" * len(by_budget)]
+def sweep_tables(by_point: dict[str, dict[str, dict]], methods: list[str], title: str, point: str) -> list[str]:
+    """Held-out accuracy (mean ± std over seeds) per method and sweep point, then each method's
+    paired intervals against random and LESS at each point."""
+    shown = [m for m in dict.fromkeys(m for summary in by_point.values() for m in summary) if m in methods]
+    lines = ["", f"## {title}: held-out accuracy", "", "| method | " + " | ".join(by_point) + " |", "|---|" + "---:|" * len(by_point)]
     for method in shown:
-        lines.append(f"| {method} | " + " | ".join(_cell(s.get(method, {}), "heldout_pref_acc") for s in by_budget.values()) + " |")
-    refs = [ref for ref in REFERENCES if any(ref in _references(s) for s in by_budget.values())]
+        lines.append(f"| {method} | " + " | ".join(_cell(s.get(method, {}), "heldout_pref_acc") for s in by_point.values()) + " |")
+    refs = [ref for ref in REFERENCES if any(ref in _references(s) for s in by_point.values())]
     if refs:
-        lines += ["", "| budget | method | " + " | ".join(f"acc − {ref}" for ref in refs) + " |", "|---|---|" + "---:|" * len(refs)]
-        for budget, summary in by_budget.items():
+        lines += ["", f"| {point} | method | " + " | ".join(f"acc − {ref}" for ref in refs) + " |", "|---|---|" + "---:|" * len(refs)]
+        for at, summary in by_point.items():
             for method in (m for m in shown if m in summary):
-                lines.append(f"| {budget} | {method} | " + " | ".join(_interval(summary[method], r) for r in refs) + " |")
+                lines.append(f"| {at} | {method} | " + " | ".join(_interval(summary[method], r) for r in refs) + " |")
     return lines

@@ -8,7 +8,9 @@ the chosen response (Xia et al. 2024). Everything but the validation loss is sha
 `rose-paper` is exactly that, with no options. `rose` takes the options of the selection study
 (`SelectionOptions`: round-robin selection, other aggregations and checkpoint weights, chosen and
 rejected apart, per-token DPO margins, preconditioned validation gradients); its defaults are the
-study's choice (docs/results.md).
+study's choice (docs/results.md): the paper's, but the mean over subtasks instead of the max, so an
+example is chosen for helping the whole target rather than its most separable subtask. On a target
+with one subtask the two select the same.
 """
 
 from __future__ import annotations
@@ -78,10 +80,11 @@ def influence_scores(run: Run) -> Scores:
 
 
 PAPER = SelectionOptions()
+STUDY = SelectionOptions(over_subtasks="mean")  # the selection study's choice (docs/results.md, "Which ROSE")
 
 register_selector(Selector("rose", "ROSE: influence on the DPO loss of the target's preference pairs (Wu et al. 2025), with the "
-                                   "selection study's options.",
-                           influence_scores, validation_loss="dpo", reads_validation=True, options=DPO_OPTIONS, defaults=PAPER))
+                                   "selection study's options (default: the paper's, with the mean over subtasks).",
+                           influence_scores, validation_loss="dpo", reads_validation=True, options=DPO_OPTIONS, defaults=STUDY))
 register_selector(Selector("rose-paper", "ROSE exactly as the paper defines it: lr-weighted cosine with each pair's DPO gradient, "
                                          "mean over shots, max over subtasks, top scores overall.",
                            influence_scores, validation_loss="dpo", reads_validation=True, defaults=PAPER))
