@@ -196,3 +196,12 @@ def test_a_rerun_prints_the_summary_where_its_files_are_and_no_library_noise(fin
     assert f"heldout_pref_acc 95% CI  {lo:.4f} to {hi:.4f} (Wilson score interval over {summary['n_pairs']} pairs)" in done.stdout
     assert f"selection: {tmp_path / 'run/selection/selected.jsonl'}\n" in done.stdout
     assert f"report: {tmp_path / 'run/report.md'}\n" in done.stdout
+
+
+def test_the_demo_runs_in_bf16_only_where_the_cpu_multiplies_bf16_and_the_user_left_dtype_auto():
+    from rose.config import ModelConfig
+    from rose.demo import demo_dtype
+
+    assert demo_dtype(ModelConfig(), cpu_with_bf16=True).dtype == "bfloat16"
+    assert demo_dtype(ModelConfig(), cpu_with_bf16=False).dtype == "auto"  # float32 there (pick_dtype)
+    assert demo_dtype(ModelConfig(dtype="float32"), cpu_with_bf16=True).dtype == "float32"  # the user's choice stands

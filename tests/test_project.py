@@ -58,6 +58,21 @@ def test_sparse_buckets_are_balanced_signed_and_reproducible():
     assert torch.equal(SparseProjector(SEGMENTS, 64, seed=5)(one_hot), out)
 
 
+def test_sparse_projection_is_the_tables_matrix_on_cpu():
+    """The CPU path scatters each coordinate into its bucket; the matrix it applies is the one the
+    table defines (chunk k sends coordinate order[k*d + j] to bucket j with sign signs[k*d + j]),
+    for segments smaller and larger than d."""
+    proj, x = SparseProjector(SEGMENTS, 256, seed=3), _unit(6, seed=4).double()
+    matrix, first = torch.zeros(sum(SEGMENTS), 256, dtype=torch.float64), 0
+    for k, n in enumerate(SEGMENTS):
+        order, signs, _ = proj.table(k, torch.device("cpu"))
+        for i, (c, s) in enumerate(zip(order.tolist(), signs.tolist())):
+            if c < n:
+                matrix[first + c, i % 256] = s
+        first += n
+    assert torch.allclose(proj(x.float()).double(), x @ matrix, atol=1e-6)
+
+
 def test_projected_features_and_exact_cosines_agree_with_the_definition():
     g, targets = _unit(5, seed=1) * 3, _unit(3, seed=2) * 7
     moments = AdamMoments(torch.randn(sum(SEGMENTS)) * 0.1, torch.rand(sum(SEGMENTS)) * 0.01, 0.9, 0.999, 1e-8)

@@ -117,7 +117,8 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    from .demo import demo_config, planted_precision, write_demo_data
+    from .demo import demo_config, demo_dtype, planted_precision, write_demo_data
+    from .models import native_bf16_cpu, pick_device
     from .pipeline import run_stages, summarize
     from .report import summary_rows, table
 
@@ -125,6 +126,11 @@ def _run_demo(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     files = write_demo_data(run_dir / "data")
     config = load_config(None, args.overrides, base=demo_config(run_dir, files))
+    on_cpu = pick_device(config.model.device).type == "cpu"
+    if (model := demo_dtype(config.model, on_cpu and native_bf16_cpu())) != config.model:
+        logging.getLogger("rose").info("demo: bfloat16 on this CPU, which multiplies bf16 in hardware (model.dtype=float32 "
+                                       "for float32)")
+        config = dataclasses.replace(config, model=model)
     run = run_stages(config)
     precision, base_rate = planted_precision(run_dir)
     summary = summarize(run, {

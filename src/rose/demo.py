@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+from .config import ModelConfig
 from .formats import write_jsonl
 
 WORDS = (
@@ -85,7 +87,7 @@ def _messages(prompt: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
-def write_demo_data(folder: Path, per_skill: int = 40, shots: int = 5, heldout: int = 40, tests: int = 20, seed: int = 0) -> dict[str, Path]:
+def write_demo_data(folder: Path, per_skill: int = 24, shots: int = 5, heldout: int = 40, tests: int = 20, seed: int = 0) -> dict[str, Path]:
     """Write pool.jsonl, validation.jsonl (TRL rows), heldout.jsonl and test.jsonl into `folder`."""
     rng = random.Random(seed)
     pool = []
@@ -126,6 +128,13 @@ def demo_config(run_dir: Path, files: dict[str, Path]) -> dict:
         "select": {"fraction": 0.05},
         "finetune": {"epochs": 4, "lr": 3e-4, "batch_size": 4, "micro_batch_tokens": 1024},
     }
+
+
+def demo_dtype(model: ModelConfig, cpu_with_bf16: bool) -> ModelConfig:
+    """The demo's model settings for this machine: with model.dtype auto, running on a CPU that
+    multiplies bf16 in hardware, bf16 (the demo in about half the time, the same selection);
+    otherwise as given."""
+    return replace(model, dtype="bfloat16") if model.dtype == "auto" and cpu_with_bf16 else model
 
 
 def planted_precision(run_dir: Path) -> tuple[float, float]:

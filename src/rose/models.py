@@ -226,6 +226,13 @@ def pick_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). There bf16 passes are
+    about twice as fast as float32; elsewhere bf16 is emulated and slower than float32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own capability checks
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
     if spec == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
