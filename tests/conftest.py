@@ -14,6 +14,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Under pytest-xdist each worker gets its share of the cores: two workers with two threads each
+# would oversubscribe a 2-core machine, and every op would wait for a descheduled thread.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
 from rose.config import LoraConfig, ModelConfig, load_config  # noqa: E402
 from rose.demo import demo_config, write_demo_data  # noqa: E402
 from rose.models import add_lora, load_model, load_tokenizer  # noqa: E402
