@@ -301,18 +301,20 @@ class SelectConfig(Section):
     gives the study); an option a method does not take is an error."""
 
     fraction: float = _f(0.05, "Share of the pool to select (top scores).", check=FRACTION)
-    method: str = _f("rose", "A registered selection method: rose (DPO validation gradients), rose-paper (the paper's "
+    method: str = _f("rose", "A registered selection method: rose (DPO validation gradients; the paper's method with the mean over subtasks, "
+                             "the selection study's choice), rose-paper (the paper's "
                              "method exactly, no options), less (SFT validation gradients of the chosen responses), random, "
                              "bm25 (against validation prompts + chosen), embedding (base model's mean hidden state, cosine), "
                              "rds+ (RDS+: position-weighted mean hidden state, round-robin over subtasks), hybrid (rank "
-                             "average of rose and rds+), or full (the whole pool).", check=known_method)
+                             "average of rose-paper and rds+), or full (the whole pool).", check=known_method)
     seed: int = _f(0, "Seed of the random baseline.", check=NON_NEGATIVE)
     balance: str | None = _f(None, "How the budget is shared: none (the top scores overall), subtasks or pairs (round-robin: "
                                    "each subtask's, or validation pair's, next-best example not yet taken, in turn). Null: the method's own default.",
                              check=optional(one_of("none", "subtasks", "pairs")))
     over_shots: str | None = _f(None, "A subtask's score from its validation pairs' similarities: mean or max. Null: the method's own default.",
                                 check=optional(one_of("mean", "max")))
-    over_subtasks: str | None = _f(None, "An example's score from its subtask scores: max or mean. Null: the method's own default.", check=optional(one_of("max", "mean")))
+    over_subtasks: str | None = _f(None, "An example's score from its subtask scores: max or mean. Null: the method's own default "
+                                   "(mean for rose, max for the others).", check=optional(one_of("max", "mean")))
     checkpoint_weights: str | None = _f(None, "Gradient methods: each warm-up checkpoint's weight: lr (its mean learning rate, "
                                               "normalised), lr_dpo (times each pair's DPO sigmoid weight sigma(-beta margin) "
                                               "there: pairs the checkpoint already ranks right count less) or last (the "
