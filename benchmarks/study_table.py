@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rose.report import method_summary, sweep_summary, sweep_tables
+from rose.report import SWEEPS, method_summary, sweep_sections
 
 
 def interval(entry: dict | None) -> str:
@@ -93,9 +93,8 @@ def main() -> None:
             print(f"\n{task}")
         print(render(study_rows(results)))
         methods = list(dict.fromkeys(r["method"] for r in results.values()))
-        for group, title, point in (("budget", "Data budget", "budget"), ("shots", "Validation shots", "shots")):
-            if any(r["group"] == group for r in results.values()):
-                print("\n".join(sweep_tables(sweep_summary(results, group), methods, title, point)))
+        if sweeps := sweep_sections(results, dict.fromkeys(SWEEPS, methods)):
+            print("\n".join(sweeps))
     if args.rule:
         print("\nthe rule (docs/results.md)")
         print(render_rule(rule_rows(tasks)))

@@ -248,24 +248,34 @@ def render_compare(results: dict[str, dict], title: str, images: list[str], swee
     for method in dict.fromkeys(r["method"] for r in main):
         row = next(r for r in main if r["method"] == method)
         lines.append(f"| {method} | " + " | ".join(f"{row['sources'][s]['share']:.1%}" for s in sources) + " |")
-    for group, title, point in (("budget", "Data budget", "budget"), ("shots", "Validation shots", "shots")):
-        if any(r["group"] == group for r in results.values()):
-            lines += sweep_tables(sweep_summary(results, group), sweep_methods[group], title, point)
+    lines += sweep_sections(results, sweep_methods)
     if failed:
         lines += ["", "## Failed variants", ""] + [f"- {name}: {error}" for name, error in failed.items()]
     return "\n".join(lines) + "\n"
 
 
-def sweep_tables(by_point: dict[str, dict[str, dict]], methods: list[str], title: str, point: str) -> list[str]:
+SWEEPS = {"budget": "Data budget", "shots": "Validation shots"}  # sweep group -> its section's title
+
+
+def sweep_sections(results: dict[str, dict], methods: dict[str, list[str]]) -> list[str]:
+    """The tables of every sweep the results have (`_sweep_tables`); methods: the methods shown per sweep."""
+    lines: list[str] = []
+    for group in SWEEPS:
+        if any(r["group"] == group for r in results.values()):
+            lines += _sweep_tables(sweep_summary(results, group), methods[group], group)
+    return lines
+
+
+def _sweep_tables(by_point: dict[str, dict[str, dict]], methods: list[str], group: str) -> list[str]:
     """Held-out accuracy (mean ± std over seeds) per method and sweep point, then each method's
     paired intervals against random and LESS at each point."""
     shown = [m for m in dict.fromkeys(m for summary in by_point.values() for m in summary) if m in methods]
-    lines = ["", f"## {title}: held-out accuracy", "", "| method | " + " | ".join(by_point) + " |", "|---|" + "---:|" * len(by_point)]
+    lines = ["", f"## {SWEEPS[group]}: held-out accuracy", "", "| method | " + " | ".join(by_point) + " |", "|---|" + "---:|" * len(by_point)]
     for method in shown:
         lines.append(f"| {method} | " + " | ".join(_cell(s.get(method, {}), "heldout_pref_acc") for s in by_point.values()) + " |")
     refs = [ref for ref in REFERENCES if any(ref in _references(s) for s in by_point.values())]
     if refs:
-        lines += ["", f"| {point} | method | " + " | ".join(f"acc − {ref}" for ref in refs) + " |", "|---|---|" + "---:|" * len(refs)]
+        lines += ["", f"| {group} | method | " + " | ".join(f"acc − {ref}" for ref in refs) + " |", "|---|---|" + "---:|" * len(refs)]
         for at, summary in by_point.items():
             for method in (m for m in shown if m in summary):
                 lines.append(f"| {at} | {method} | " + " | ".join(_interval(summary[method], r) for r in refs) + " |")
