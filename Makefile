@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/rose demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) runs

@@ -126,11 +126,34 @@ def tiny_config(run_dir, files, **overrides):
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()], base=base)
 
 
+def llama_config(run_dir, files, model_dir, **overrides):
+    """`tiny_config` on the tiny random Llama saved at `model_dir` (`tiny_model_dir`)."""
+    return tiny_config(run_dir, files, **{"model.name": str(model_dir), **overrides})
+
+
+# The tests that read `finished_run` (real SmolLM2, about a minute) share one xdist worker, so that it is
+# computed once (`make test` runs pytest with `--dist loadgroup`).
+on_smollm2_run = pytest.mark.xdist_group("smollm2_run")
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, demo_files):
-    """A complete tiny pipeline run: (run_dir, config, run)."""
+    """A complete pipeline run on real SmolLM2 with the tiny recipe: (run_dir, config, run). For tests
+    of what the real model does (the planted skill is found, log-probs of its own forward pass); mark
+    them `on_smollm2_run`."""
     from rose.pipeline import run_stages
 
     run_dir = tmp_path_factory.mktemp("run")
     config = tiny_config(run_dir, demo_files)
+    return run_dir, config, run_stages(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, demo_files, tiny_model_dir):
+    """The same complete run on the tiny random Llama, in seconds: (run_dir, config, run). For tests
+    of what the pipeline does with any model (stages, reuse, resuming, processes, reports, errors)."""
+    from rose.pipeline import run_stages
+
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    config = llama_config(run_dir, demo_files, tiny_model_dir)
     return run_dir, config, run_stages(config)

@@ -147,8 +147,8 @@ def test_config_and_data_errors_are_found_before_torch_is_imported(tmp_path):
         assert out.split() == ["2", "False"], out
 
 
-def test_bad_input_leaves_a_finished_run_untouched(finished_run, tmp_path, capsys):
-    run_dir, _, _ = finished_run
+def test_bad_input_leaves_a_finished_run_untouched(tiny_run, tmp_path, capsys):
+    run_dir, _, _ = tiny_run
     before = {str(m): m.stat().st_mtime_ns for m in run_dir.rglob(MANIFEST)}
     for pool, extra in [(_surrogate_row(), ""), (None, "warmup: {lr: .inf}\n")]:
         cfg = _run_config(tmp_path, pool, None, extra, name="bad.yaml")
@@ -182,9 +182,9 @@ def test_a_closed_pipe_ends_quietly():
     assert done.returncode == 141 and done.stderr == "", done.stderr
 
 
-def test_a_rerun_prints_the_summary_where_its_files_are_and_no_library_noise(finished_run, tmp_path):
+def test_a_rerun_prints_the_summary_where_its_files_are_and_no_library_noise(tiny_run, tmp_path):
     """`rose run` on a finished run (every stage reused) in a fresh process, as a user sees it."""
-    run_dir, config, _ = finished_run
+    run_dir, config, _ = tiny_run
     shutil.copytree(run_dir, tmp_path / "run")
     cfg = tmp_path / "run.yaml"
     cfg.write_text(json.dumps(dataclasses.asdict(dataclasses.replace(config, run_dir=str(tmp_path / "run")))))  # JSON is YAML

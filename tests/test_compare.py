@@ -27,6 +27,8 @@ from rose.stages import STAGES
 from rose.stats import paired_difference
 from rose.store import MANIFEST, StageBusy, folder_lock, read_json
 
+pytestmark = pytest.mark.xdist_group("compare")  # one worker runs the module, so its module fixture runs once
+
 N_POOL = 48  # the demo pool of conftest.demo_files
 METRICS = ("heldout_pref_acc", "reward_margin", "length_norm_pref_acc", "golden_nll", "val_dpo_loss")
 VARIANTS = {  # name -> group: six methods (two random seeds), one extra budget, one extra few-shot point
@@ -40,7 +42,7 @@ VARIANTS = {  # name -> group: six methods (two random seeds), one extra budget,
 class Comparison:
     root: Path
     config_file: Path
-    seeded: dict[str, int]  # cache folder name -> manifest mtime, as copied from finished_run
+    seeded: dict[str, int]  # cache folder name -> manifest mtime, as copied from tiny_run
     after_shared_only: set[str]  # complete cache folders after `rose compare --shared-only`
     results_after_shared_only: bool  # whether results.json existed then
 
@@ -51,14 +53,14 @@ def _complete(cache: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, finished_run, demo_files) -> Comparison:
+def compared(tmp_path_factory, tiny_run, demo_files) -> Comparison:
     """Every method, a budget sweep and a few-shot sweep that add one variant each, on the tiny demo task.
 
-    `finished_run` has the data and config of the main ROSE variant, so its stage folders are copied
+    `tiny_run` has the data and config of the main ROSE variant, so its stage folders are copied
     into the cache under its keys: the comparison computes only what that run did not. First
     `--shared-only` runs (it adds the full-pool fine-tune), then the comparison itself.
     """
-    run_dir, config, run = finished_run
+    run_dir, config, run = tiny_run
     root = tmp_path_factory.mktemp("compare")
     one_shot = root / "val1.jsonl"
     one_shot.write_text(demo_files["validation"].read_text().splitlines(keepends=True)[0])
@@ -198,7 +200,7 @@ def test_plots_show_the_results(compared, tmp_path, monkeypatch):
 
 def test_stages_are_shared_by_key_and_a_rerun_does_nothing(compared):
     run, cache = compared.root / "run", compared.root / "run/cache"
-    # nothing finished_run had computed was computed again: the main ROSE variant is that run, by key
+    # nothing tiny_run had computed was computed again: the main ROSE variant is that run, by key
     assert {k: v for k, v in _complete(cache).items() if k in compared.seeded} == compared.seeded
     rose = _variant(compared, "rose-p0.125")
     assert {(rose / stage.folder).resolve().name for stage in STAGES.values()} == set(compared.seeded)
@@ -218,7 +220,7 @@ def test_stages_are_shared_by_key_and_a_rerun_does_nothing(compared):
 
 
 def test_shared_only_adds_the_full_pool_fine_tune_and_nothing_else(compared):
-    """With the warm-up and pool gradients already in the cache (from finished_run), `--shared-only`
+    """With the warm-up and pool gradients already in the cache (from tiny_run), `--shared-only`
     computes the full-pool selection and fine-tune, and no other variant, evaluation or result."""
     full = _variant(compared, "full")
     added = {(full / STAGES[name].folder).resolve().name for name in ("score", "select", "finetune")}

@@ -1,4 +1,5 @@
-"""Two processes under torchrun (gloo, CPU) give the scores, selection and fine-tune of one process."""
+"""Two processes under torchrun (gloo, CPU) give the scores, selection and fine-tune of one process
+(on the tiny random Llama: what is tested is the processes' split of the work, not the model)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import llama_config
 
 from rose.store import load_tensors, read_json
 
 
-def test_torchrun_two_processes_match_one(finished_run, demo_files, tmp_path):
-    """`rose run` under torchrun against the single-process finished_run: the warm-up and the
+def test_torchrun_two_processes_match_one(tiny_run, demo_files, tiny_model_dir, tmp_path):
+    """`rose run` under torchrun against the single-process tiny_run: the warm-up and the
     fine-tune are data-parallel (DDP), each rank writes every other pool-gradient shard (three each
     per checkpoint), and the scores, the selection, the fine-tuned adapter and its evaluation come
-    out the same. The base-model log-probs (rank 0 alone) are finished_run's, by key."""
-    single_dir, _, _ = finished_run
-    config = tiny_config(tmp_path / "run", demo_files, **{"gradients.shard_size": 8})  # 6 shards of 8 per checkpoint
+    out the same. The base-model log-probs (rank 0 alone) are tiny_run's, by key."""
+    single_dir, _, _ = tiny_run
+    config = llama_config(tmp_path / "run", demo_files, tiny_model_dir, **{"gradients.shard_size": 8})  # 6 shards of 8 per checkpoint
     shutil.copytree(single_dir / "base_logprobs", tmp_path / "run/base_logprobs")
     cfg = tmp_path / "run.yaml"
     cfg.write_text(json.dumps(dataclasses.asdict(config)))
@@ -43,10 +44,10 @@ def test_torchrun_two_processes_match_one(finished_run, demo_files, tmp_path):
     assert a.keys() == b.keys()
     # B starts at zero, so it is what the fine-tune learned. Summation order differs between one and two
     # processes, and Adam's first steps turn that into visible changes of a few weights whose gradient is
-    # near zero (2e-4 of B's norm measured); ranks that did not average their gradients would be far off
+    # near zero (2e-7 of B's norm measured here, 2e-4 on SmolLM2); ranks that did not average their gradients would be far off
     learned = [k for k in a if "lora_B" in k]
     diff = torch.cat([(a[k] - b[k]).flatten() for k in learned]).norm() / torch.cat([b[k].flatten() for k in learned]).norm()
     assert diff < 1e-2, diff
     m2, m1 = read_json(two_dir / "eval/metrics.json"), read_json(single_dir / "eval/metrics.json")
-    for key in ("reward_margin", "val_dpo_loss", "golden_nll"):  # the same model to 3e-6 (measured)
+    for key in ("reward_margin", "val_dpo_loss", "golden_nll"):  # the same to the last bit here (measured)
         assert m2[key] == pytest.approx(m1[key], rel=1e-4), key

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import llama_config
 
 import rose
 from rose import numerics
@@ -26,10 +26,6 @@ from rose.store import MANIFEST, read_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SELECTION_STAGES = ["warmup", "base-logprobs", "val-grads", "train-grads", "score", "select"]
-
-
-def _config(run_dir, demo_files, tiny_model_dir, **overrides):
-    return tiny_config(run_dir, demo_files, **{"model.name": str(tiny_model_dir), **overrides})
 
 
 def _config_file(tmp_path, config) -> str:
@@ -54,7 +50,7 @@ def test_a_diverging_warmup_stops_the_run_before_any_selection(tmp_path, demo_fi
     """The issue's run: warmup.lr=1e6 makes the loss NaN within the first epoch; the run stops at
     the warm-up with one error line, exit 2, no selection; with a sane lr the same run_dir works."""
     run_dir = tmp_path / "run"
-    config_file = _config_file(tmp_path, _config(run_dir, demo_files, tiny_model_dir, **{"warmup.lr": 1e6, "warmup.batch_size": 1}))
+    config_file = _config_file(tmp_path, llama_config(run_dir, demo_files, tiny_model_dir, **{"warmup.lr": 1e6, "warmup.batch_size": 1}))
     assert main(["-q", "run", config_file]) == 2
     (line,) = _error_lines(capsys.readouterr().err)
     assert line.startswith("rose: error: warmup: the training loss is nan at epoch 1, step ")
@@ -67,7 +63,7 @@ def test_a_diverging_warmup_stops_the_run_before_any_selection(tmp_path, demo_fi
 
 def test_a_diverging_finetune_stops_before_evaluation_and_keeps_the_selection(tmp_path, demo_files, tiny_model_dir, capsys):
     run_dir = tmp_path / "run"
-    config = _config(run_dir, demo_files, tiny_model_dir, **{"select.method": "random", "finetune.lr": 1e6})
+    config = llama_config(run_dir, demo_files, tiny_model_dir, **{"select.method": "random", "finetune.lr": 1e6})
     assert main(["-q", "run", _config_file(tmp_path, config)]) == 2
     (line,) = _error_lines(capsys.readouterr().err)
     assert line.startswith("rose: error: finetune: ") and "finetune.lr=1e+06 is likely too high" in line
@@ -91,7 +87,7 @@ def test_non_finite_weights_are_not_saved():
 def selected_run(tmp_path_factory, demo_files, tiny_model_dir):
     """A sound tiny run through `select` (stage folders in place), for the tests to copy and break."""
     run_dir = tmp_path_factory.mktemp("numerics") / "run"
-    run_stages(_config(run_dir, demo_files, tiny_model_dir), SELECTION_STAGES)
+    run_stages(llama_config(run_dir, demo_files, tiny_model_dir), SELECTION_STAGES)
     return run_dir
 
 
@@ -100,7 +96,7 @@ def broken(selected_run, tmp_path, demo_files, tiny_model_dir):
     """A copy of `selected_run` to break: (run_dir, config, pool ids)."""
     run_dir = tmp_path / "run"
     shutil.copytree(selected_run, run_dir)
-    return run_dir, _config(run_dir, demo_files, tiny_model_dir), read_json(run_dir / "scores/scores.json")["ids"]
+    return run_dir, llama_config(run_dir, demo_files, tiny_model_dir), read_json(run_dir / "scores/scores.json")["ids"]
 
 
 def _write_nan(file, row: int) -> None:
@@ -162,7 +158,7 @@ def test_non_finite_scores_of_a_selection_method_stop_the_score_stage(tmp_path, 
         return Scores(scores, scores[:, None], ["all"])
 
     monkeypatch.setitem(SELECTORS, "random", dataclasses.replace(SELECTORS["random"], score=nan_scores))
-    config = _config(tmp_path / "run", demo_files, tiny_model_dir, **{"select.method": "random"})
+    config = llama_config(tmp_path / "run", demo_files, tiny_model_dir, **{"select.method": "random"})
     with pytest.raises(NumericalError, match=r"^score: 1 of 48 pool examples have non-finite scores by 'random': '[^']+' \(nan\)"):
         run_stages(config, ["score"])
     assert not _complete(tmp_path / "run/scores") and not (tmp_path / "run/scores/scores.npy").exists()
@@ -204,7 +200,7 @@ def test_a_selection_made_from_nan_scores_is_not_fine_tuned(broken):
 
 
 def test_compare_reports_a_diverging_variant_as_failed_and_finishes_the_others(tmp_path, demo_files, tiny_model_dir, capsys):
-    config = _config(tmp_path / "run", demo_files, tiny_model_dir, **{
+    config = llama_config(tmp_path / "run", demo_files, tiny_model_dir, **{
         "warmup.lr": 1e6, "compare.methods": "[random, rose]", "compare.random_seeds": "[0]", "compare.budgets": "[]",
         "compare.shots": "{}"})
     config_file = _config_file(tmp_path, config)

@@ -1,4 +1,5 @@
-"""The whole pipeline on the real SmolLM2 and a tiny demo task: outputs, skipping, resuming, guards."""
+"""The whole pipeline on a tiny demo task: outputs and the planted skill on the real SmolLM2; skipping,
+resuming and guards on the tiny random Llama."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FOLDERS, tiny_config
+from conftest import FOLDERS, llama_config, on_smollm2_run, tiny_config
 
 from rose.context import Run
 from rose.demo import PLANTED, planted_precision
@@ -23,6 +24,7 @@ from rose.stages import STAGES
 from rose.store import MANIFEST, read_json
 
 
+@on_smollm2_run
 def test_every_stage_writes_complete_outputs(finished_run):
     run_dir, config, run = finished_run
     for folder in FOLDERS:
@@ -45,6 +47,7 @@ def test_every_stage_writes_complete_outputs(finished_run):
     assert "warmup" in summary["stage_seconds"]
 
 
+@on_smollm2_run
 def test_selection_prefers_the_planted_skill(finished_run):
     run_dir, _, _ = finished_run
     precision, base_rate = planted_precision(run_dir)
@@ -52,15 +55,15 @@ def test_selection_prefers_the_planted_skill(finished_run):
     assert precision >= 3 * base_rate, f"only {precision:.2f} of the selection is {PLANTED}"
 
 
-def test_rerun_skips_finished_stages_and_later_stages_follow_config_changes(finished_run, demo_files):
-    run_dir, config, _ = finished_run
+def test_rerun_skips_finished_stages_and_later_stages_follow_config_changes(tiny_run, demo_files, tiny_model_dir):
+    run_dir, config, _ = tiny_run
     before = {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
     run_stages(config)
     assert before == {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
     with pytest.raises(RunDirError, match="another config"):
-        run_stages(tiny_config(run_dir, demo_files, **{"select.fraction": 0.5}), ["select"])
+        run_stages(llama_config(run_dir, demo_files, tiny_model_dir, **{"select.fraction": 0.5}), ["select"])
     with pytest.raises(RunDirError, match="another config"):
-        run_stages(tiny_config(run_dir, demo_files, **{"lora.r": 8}), ["warmup"])
+        run_stages(llama_config(run_dir, demo_files, tiny_model_dir, **{"lora.r": 8}), ["warmup"])
 
 
 def test_a_stage_needs_its_inputs(tmp_path, demo_files):
@@ -88,6 +91,7 @@ def _oracle_cosines(run, rows: int) -> np.ndarray:
     return (F.normalize(train.double(), dim=1) @ F.normalize(val.detach().double(), dim=1).T).numpy()
 
 
+@on_smollm2_run
 def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(finished_run, demo_files, tmp_path):
     """Exact scoring stores the oracle's cosines, and the projected scores lie within the sketch's
     noise of the exact ones. At d = 2048 that noise is ~1/sqrt(d) per cosine (measured: 0.017, on
@@ -114,20 +118,20 @@ def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(fini
             assert _spearman(scores, projected) > 0.3 and not np.allclose(scores, projected)
 
 
-def test_with_a_cache_a_changed_fraction_redoes_only_select_finetune_and_evaluate(finished_run, demo_files, tmp_path, caplog):
+def test_with_a_cache_a_changed_fraction_redoes_only_select_finetune_and_evaluate(tiny_run, demo_files, tiny_model_dir, tmp_path, caplog):
     """`rose run` keeps stages by key (as `rose compare` does): the stages before select are reused
     untouched, select, fine-tune and evaluate are redone beside the old ones, and going back to the
     old fraction reuses those again. A stage whose input is missing is refused, naming what changed."""
     run_dir = tmp_path / "run"
-    shutil.copytree(finished_run[0], run_dir)  # written in place, before stages were kept by key
-    config, cache = tiny_config(run_dir, demo_files), tmp_path / "cache"
+    shutil.copytree(tiny_run[0], run_dir)  # written in place, before stages were kept by key
+    config, cache = llama_config(run_dir, demo_files, tiny_model_dir), tmp_path / "cache"
     run_stages(config, cache=cache)  # moves the folders into the cache under their keys; runs nothing
     assert all((run_dir / f).is_symlink() for f in FOLDERS)
     mtimes = lambda: {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}  # noqa: E731
     first = mtimes()
-    assert first == {f: (finished_run[0] / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
+    assert first == {f: (tiny_run[0] / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
     caplog.set_level(logging.INFO, logger="rose")
-    changed = run_stages(tiny_config(run_dir, demo_files, **{"select.fraction": 0.25}), cache=cache)
+    changed = run_stages(llama_config(run_dir, demo_files, tiny_model_dir, **{"select.fraction": 0.25}), cache=cache)
     second = mtimes()
     redone = {STAGES[n].folder for n in ("select", "finetune", "evaluate")}
     assert {f for f in FOLDERS if second[f] != first[f]} == redone
@@ -137,5 +141,5 @@ def test_with_a_cache_a_changed_fraction_redoes_only_select_finetune_and_evaluat
     run_stages(config, cache=cache)  # back to the first fraction: its stages are reused by key
     assert mtimes() == first
     with pytest.raises(RunDirError, match=r"stage 'select' has not finished.*select.fraction: 0.125 -> 0.5"):
-        run_stages(tiny_config(run_dir, demo_files, **{"select.fraction": 0.5}), ["finetune"], cache=cache)
+        run_stages(llama_config(run_dir, demo_files, tiny_model_dir, **{"select.fraction": 0.5}), ["finetune"], cache=cache)
     assert mtimes() == first  # refused before anything was linked or written

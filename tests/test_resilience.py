@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import llama_config
 
 from rose.cli import main
 from rose.models import resolve_model
@@ -52,13 +52,13 @@ sys.exit(main(["-q", "train-grads", sys.argv[1]]))
 """
 
 
-def test_sigkill_during_gradients_then_rerun_gives_the_same_selection(finished_run, demo_files, tmp_path):
+def test_sigkill_during_gradients_then_rerun_gives_the_same_selection(tiny_run, demo_files, tiny_model_dir, tmp_path):
     """SIGKILL while a shard is written (at a fixed point, not a time): nothing partial counts as
     finished, the rerun keeps the finished shards, and it selects the bytes of an uninterrupted run."""
-    reference_dir, _, _ = finished_run
-    config = tiny_config(tmp_path / "run", demo_files)  # 3 shards of 16 per checkpoint
+    reference_dir, _, _ = tiny_run
+    config = llama_config(tmp_path / "run", demo_files, tiny_model_dir)  # 3 shards of 16 per checkpoint
     cfg = _write_config(tmp_path / "run.yaml", config)
-    for folder in ("warmup", "base_logprobs", "grads/val"):  # same config: finished_run's, reused by key
+    for folder in ("warmup", "base_logprobs", "grads/val"):  # same config: tiny_run's, reused by key
         shutil.copytree(reference_dir / folder, tmp_path / "run" / folder)
     log = tmp_path / "child.log"
     with open(log, "w") as stderr:
@@ -100,8 +100,8 @@ HOSTILE_POOLS = {
 
 
 @pytest.mark.parametrize("case", list(HOSTILE_POOLS))
-def test_hostile_pool_fails_cleanly_and_keeps_earlier_results(case, finished_run, tmp_path, capsys):
-    run_dir, config, _ = finished_run
+def test_hostile_pool_fails_cleanly_and_keeps_earlier_results(case, tiny_run, tmp_path, capsys):
+    run_dir, config, _ = tiny_run
     content, where, message = HOSTILE_POOLS[case]
     pool = tmp_path / "pool.jsonl"
     pool.write_bytes(content)
@@ -124,8 +124,8 @@ def _run_with(config, tmp_path, capsys, **changes) -> str:
     return capsys.readouterr().err
 
 
-def test_other_hostile_inputs(finished_run, tmp_path, capsys):
-    run_dir, config, _ = finished_run
+def test_other_hostile_inputs(tiny_run, tmp_path, capsys):
+    run_dir, config, _ = tiny_run
     before = _manifests(run_dir)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
