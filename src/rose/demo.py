@@ -87,7 +87,7 @@ def _messages(prompt: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
-def write_demo_data(folder: Path, per_skill: int = 24, shots: int = 5, heldout: int = 40, tests: int = 20, seed: int = 0) -> dict[str, Path]:
+def write_demo_data(folder: Path, per_skill: int = 20, shots: int = 5, heldout: int = 40, tests: int = 20, seed: int = 0) -> dict[str, Path]:
     """Write pool.jsonl, validation.jsonl (TRL rows), heldout.jsonl and test.jsonl into `folder`."""
     rng = random.Random(seed)
     pool = []
@@ -123,7 +123,7 @@ def demo_config(run_dir: Path, files: dict[str, Path]) -> dict:
             "heldout": {"paths": [str(files["heldout"])], "format": "trl", "subtasks": "none"},
             "test": [str(files["test"])],
         },
-        "warmup": {"fraction": 0.05, "epochs": 4, "lr": 3e-4, "batch_size": 4, "micro_batch_tokens": 1024},
+        "warmup": {"fraction": 0.05, "epochs": 3, "lr": 3e-4, "batch_size": 4, "micro_batch_tokens": 1024},
         "gradients": {"batch_tokens": 2048},
         "select": {"fraction": 0.05},
         "finetune": {"epochs": 4, "lr": 3e-4, "batch_size": 4, "micro_batch_tokens": 1024},
