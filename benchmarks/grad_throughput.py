@@ -35,7 +35,8 @@ projection calls of 16). The loops time half of the same 96 examples, chosen to 
 their tokens (`balanced_subset`), so the mean lengths match and examples/s compare directly.
 
 FLOP floor of a mode: 4 x B x tokens + 4 x H x logit positions, at the card's measured bf16
-matmul rate. B: every parameter a token passes through in the decoder (LoRA adapters included),
+matmul rate (`floor_fraction`) and at its data-sheet dense bf16 peak (`floor_fraction_spec`, 989
+TFLOP/s on an H100 SXM or H200). B: every parameter a token passes through in the decoder (LoRA adapters included),
 without the input embedding and the LM head; H: the LM head's vocab x hidden matrix (tied to the
 embedding or not, counted once). 4 = forward (2) + the backward to the inputs (2): the frozen
 weights need no weight gradient. Logit positions are those where a mode forms logits: rose's
@@ -95,6 +96,15 @@ FLOOR = ("4 x body_params x tokens + 4 x lm_head_params x logit_positions FLOPs 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# Dense bf16 tensor-core peak from each card's data sheet (no sparsity), TFLOP/s: the second floor
+SPEC_BF16_TFLOPS = {"H200": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "A100": 312.0}
+
+
+def spec_tflops(card: str) -> float:
+    """The card's data-sheet dense bf16 peak (NaN for a card not listed, the CPU among them)."""
+    return next((rate for name, rate in SPEC_BF16_TFLOPS.items() if name in card), float("nan"))
 
 
 def matmul_tflops(device: torch.device) -> float:
@@ -189,7 +199,7 @@ def compare_rows(got: torch.Tensor, want: torch.Tensor) -> tuple[list[float], li
     return errs, torch.nn.functional.cosine_similarity(got, want, dim=1).tolist()
 
 
-def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
+def run_arch(arch: str, args, lengths, device, dtype, tflops, spec) -> dict:
     model = build(arch, args.rank, args.alpha, device, dtype)
     params = lora_parameters(model)
     names, plist, segments = list(params), list(params.values()), [p.numel() for p in params.values()]
@@ -223,10 +233,11 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
         modes[name] = {"seconds": seconds, "seconds_per_repeat": [s for s, _ in runs], "examples": n,
                        "tokens": n_tokens, "logit_positions": logit_positions, "examples_per_s": n / seconds,
                        "tokens_per_s": n_tokens / seconds, "floor_seconds": floor_s,
-                       "floor_fraction": floor_s / seconds, "peak_memory_gb": peak}
+                       "floor_fraction": floor_s / seconds, "floor_fraction_spec": floor_s * tflops / spec / seconds,
+                       "peak_memory_gb": peak}
         spread = f"{min(s for s, _ in runs):.3f}-{max(s for s, _ in runs):.3f} s"
         print(f"  {arch:14s} {name:24s} {n / seconds:9.2f} ex/s {n_tokens / seconds:11.0f} tok/s  "
-              f"floor {floor_s / seconds:6.1%}  peak {peak:6.1f} GB  ({args.repeats} repeats: {spread})", flush=True)
+              f"floor {floor_s / seconds:6.1%} ({floor_s * tflops / spec / seconds:6.1%} of spec)  peak {peak:6.1f} GB  ({args.repeats} repeats: {spread})", flush=True)
 
     check = examples[:4]
     want = torch.stack(list(oracle.sft_grads(model, plist, check, pad))).float()
@@ -329,6 +340,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops) -> dict:
         "speedup": engine_rate / modes["less_loop"]["examples_per_s"],
         "speedup_vs_loop_without_projection": engine_rate / modes["less_loop_noproj"]["examples_per_s"],
         "floor_fraction": modes["engine_sparse"]["floor_fraction"],
+        "floor_fraction_spec": modes["engine_sparse"]["floor_fraction_spec"],
         "baseline_floor_fraction": modes["less_loop"]["floor_fraction"],
         "peak_memory_gb": modes["engine_sparse"]["peak_memory_gb"],
         "fastest_engine_mode": best,
@@ -366,7 +378,8 @@ def main() -> None:
     lengths = json.loads(Path(args.lengths).read_text())
     tflops = matmul_tflops(device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"device: {card}, torch {torch.__version__}, measured bf16 matmul {tflops:.0f} TFLOP/s", flush=True)
+    spec = spec_tflops(card)
+    print(f"device: {card}, torch {torch.__version__}, measured bf16 matmul {tflops:.0f} TFLOP/s (data sheet {spec:.0f})", flush=True)
     if device.type == "cuda":  # the fused dense kernel must reproduce the CPU reference matrix
         x = torch.randn(4, 5000)
         want = DenseProjector([5000], 1024, seed=3)(x)
@@ -376,28 +389,28 @@ def main() -> None:
     else:
         kernel_err = 0.0
     report = {"card": card, "dense_kernel_max_rel_err": kernel_err, "torch": torch.__version__, "matmul_tflops_bf16": tflops,
-              "weights": "random (built from the architecture config); speed does not depend on weight values",
+              "spec_tflops_bf16": spec, "weights": "random (built from the architecture config); speed does not depend on weight values",
               "lengths": "prompt/total token counts of a seeded sample of the real pool (SmolLM2 tokenizer)",
               "timing": f"each mode warmed up once, then timed {args.repeats} times; seconds is the median",
               "settings": {k: v for k, v in vars(args).items() if k != "out"}, "models": {}}
     for arch in args.archs:
-        report["models"][arch] = run_arch(arch, args, lengths, device, dtype, tflops)
+        report["models"][arch] = run_arch(arch, args, lengths, device, dtype, tflops, spec)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the model went with run_arch's frame
     head = report["models"][args.archs[0]]
     for key in ("baseline_examples_per_s", "baseline_noproj_examples_per_s", "engine_examples_per_s", "speedup",
-                "speedup_vs_loop_without_projection", "floor_fraction", "peak_memory_gb"):
+                "speedup_vs_loop_without_projection", "floor_fraction", "floor_fraction_spec", "peak_memory_gb"):
         report[key] = head[key]
     report["wall_seconds"] = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{'model':14s} {'LESS ex/s':>10s} {'no-proj ex/s':>13s} {'engine ex/s':>12s} {'speedup':>8s} "
-          f"{'vs no-proj':>10s} {'floor':>7s} {'peak GB':>8s}")
+          f"{'vs no-proj':>10s} {'floor':>7s} {'spec':>7s} {'peak GB':>8s}")
     for arch, r in report["models"].items():
         print(f"{arch:14s} {r['baseline_examples_per_s']:10.2f} {r['baseline_noproj_examples_per_s']:13.2f} "
               f"{r['engine_examples_per_s']:12.2f} {r['speedup']:8.1f} {r['speedup_vs_loop_without_projection']:10.1f} "
-              f"{r['floor_fraction']:7.1%} {r['peak_memory_gb']:8.1f}")
+              f"{r['floor_fraction']:7.1%} {r['floor_fraction_spec']:7.1%} {r['peak_memory_gb']:8.1f}")
     print(f"wrote {out} ({report['wall_seconds']:.0f} s)")
 
 

@@ -17,7 +17,8 @@ floor, from what the stage's manifest says it processed (`work`): training and g
 count a forward and a backward to the inputs, 4 x B x tokens + 4 x H x logit positions; forward
 passes 2 x B x tokens + 2 x H x logit positions (B: decoder parameters including LoRA, without
 the embedding and LM head; H: the LM head's vocab x hidden; logits are formed at response tokens
-only). The card's bf16 matmul rate is measured first (8192^3, median of 10).
+only). The floor is taken at the card's bf16 matmul rate, measured first (8192^3, median of 10),
+and at its data-sheet dense bf16 peak (`floor_fraction_spec`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from grad_throughput import matmul_tflops  # the card's bf16 rate, measured as the throughput benchmark does
+from grad_throughput import matmul_tflops, spec_tflops  # the card's bf16 rates, as the throughput benchmark takes them
 
 ARCHS = {
     "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -103,7 +104,7 @@ def parameter_counts(model_dir: Path, rank: int) -> tuple[int, int]:
     return n * (per_layer + lora) + h, config["vocab_size"] * h
 
 
-def stage_table(run_dir: Path, body: int, head: int, tflops: float) -> dict:
+def stage_table(run_dir: Path, body: int, head: int, tflops: float, spec: float) -> dict:
     from rose.stages import STAGES
     from rose.store import MANIFEST
 
@@ -120,7 +121,8 @@ def stage_table(run_dir: Path, body: int, head: int, tflops: float) -> dict:
             flops = passes * (body * work["tokens"] + head * work["logit_positions"])
             row |= {"examples": work["examples"], "tokens": work["tokens"], "logit_positions": work["logit_positions"],
                     "examples_per_s": work["examples"] / seconds, "tokens_per_s": work["tokens"] / seconds,
-                    "floor_fraction": flops / (tflops * 1e12) / seconds, "floor_kind": "forward" if passes == 2 else "forward+backward"}
+                    "floor_fraction": flops / (tflops * 1e12) / seconds, "floor_fraction_spec": flops / (spec * 1e12) / seconds,
+                    "floor_kind": "forward" if passes == 2 else "forward+backward"}
         rows[name] = row
     return rows
 
@@ -154,15 +156,17 @@ def main() -> None:
     run_stages(load_config(config), args.stages or None)
     tflops = matmul_tflops(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     body, head = parameter_counts(model_dir, args.rank)
-    rows = stage_table(Path(args.work) / "run", body, head, tflops)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"\n{card}, bf16 matmul {tflops:.0f} TFLOP/s; B = {body / 1e9:.3f} B, H = {head / 1e9:.3f} B")
-    print(f"{'stage':14s} {'examples/s':>11s} {'tokens/s':>10s} {'floor':>7s} {'peak GB':>8s} {'wall s':>8s}")
+    spec = spec_tflops(card)
+    rows = stage_table(Path(args.work) / "run", body, head, tflops, spec)
+    print(f"\n{card}, bf16 matmul {tflops:.0f} TFLOP/s measured, {spec:.0f} on the data sheet; B = {body / 1e9:.3f} B, H = {head / 1e9:.3f} B")
+    print(f"{'stage':14s} {'examples/s':>11s} {'tokens/s':>10s} {'floor':>7s} {'spec':>7s} {'peak GB':>8s} {'wall s':>8s}")
     for name, r in rows.items():
-        rate = f"{r['examples_per_s']:11.1f} {r['tokens_per_s']:10.0f} {r['floor_fraction']:7.1%}" if "examples" in r else " " * 30
+        rate = (f"{r['examples_per_s']:11.1f} {r['tokens_per_s']:10.0f} {r['floor_fraction']:7.1%} {r['floor_fraction_spec']:7.1%}"
+                if "examples" in r else " " * 38)
         print(f"{name:14s} {rate} {r['peak_gpu_gb'] or float('nan'):8.1f} {r['seconds']:8.1f}")
     if args.out:
-        report = {"card": card, "torch": torch.__version__, "matmul_tflops_bf16": tflops, "body_params": body, "lm_head_params": head,
+        report = {"card": card, "torch": torch.__version__, "matmul_tflops_bf16": tflops, "spec_tflops_bf16": spec, "body_params": body, "lm_head_params": head,
                   "weights": "random (built from the Llama-3.1-8B config with the SmolLM2 tokenizer's vocabulary)",
                   "settings": {k: v for k, v in vars(args).items() if k not in ("data", "tokenizer", "work", "out")}, "stages": rows}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
