@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 from grad_throughput import matmul_tflops, spec_tflops  # the card's bf16 rates, as the throughput benchmark takes them
+from stage_table import stage_rows
 
 ARCHS = {
     "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -105,25 +106,14 @@ def parameter_counts(model_dir: Path, rank: int) -> tuple[int, int]:
 
 
 def stage_table(run_dir: Path, body: int, head: int, tflops: float, spec: float) -> dict:
-    from rose.stages import STAGES
-    from rose.store import MANIFEST
-
-    rows = {}
-    for name, stage in STAGES.items():
-        file = run_dir / stage.folder / MANIFEST
-        if not file.is_file():
-            continue
-        manifest = json.loads(file.read_text())
-        work, seconds = manifest.get("work"), manifest["seconds"]
-        row = {"seconds": seconds, "peak_gpu_gb": manifest.get("peak_gpu_gb")}
-        if work:
+    """`stage_table.stage_rows` with each stage's share of the FLOP floor at both rates."""
+    rows = stage_rows(run_dir)
+    for name, row in rows.items():
+        if "examples" in row:
             passes = 2 if name in FORWARD_ONLY else 4
-            flops = passes * (body * work["tokens"] + head * work["logit_positions"])
-            row |= {"examples": work["examples"], "tokens": work["tokens"], "logit_positions": work["logit_positions"],
-                    "examples_per_s": work["examples"] / seconds, "tokens_per_s": work["tokens"] / seconds,
-                    "floor_fraction": flops / (tflops * 1e12) / seconds, "floor_fraction_spec": flops / (spec * 1e12) / seconds,
+            flops = passes * (body * row["tokens"] + head * row["logit_positions"])
+            row |= {"floor_fraction": flops / (tflops * 1e12) / row["seconds"], "floor_fraction_spec": flops / (spec * 1e12) / row["seconds"],
                     "floor_kind": "forward" if passes == 2 else "forward+backward"}
-        rows[name] = row
     return rows
 
 

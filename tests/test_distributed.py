@@ -18,6 +18,7 @@ from conftest import llama_config
 from rose.store import load_tensors, read_json
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tiny_run, demo_files, tiny_model_dir, tmp_path):
     """`rose run` under torchrun against the single-process tiny_run: the warm-up and the
     fine-tune are data-parallel (DDP), each rank writes every other pool-gradient shard (three each

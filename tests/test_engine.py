@@ -48,6 +48,7 @@ def _lora_model(dtype: str):
     return truly_float64(model) if dtype == "float64" else model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
 def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
     model = _lora_model(dtype)
@@ -65,6 +66,7 @@ def test_sft_per_example_grads_match_autograd(tokenizer, dtype, tol):
     assert _rel_err(got, expected) < tol
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
 def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
     """The engine's per-pair DPO gradients against a reference that shares no code with rose's
@@ -97,6 +99,7 @@ def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
     assert _rel_err(via_oracle, expected) < 1e-10
 
 
+@pytest.mark.slow
 def test_small_token_budget_splits_batches_without_changing_results(tokenizer):
     model = _lora_model("float64")
     names = list(lora_parameters(model))

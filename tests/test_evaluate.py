@@ -52,6 +52,7 @@ def test_sequence_logprobs_match_a_direct_forward(tokenizer):
 
 
 @on_smollm2_run
+@pytest.mark.slow
 def test_evaluate_stage_metrics_are_those_of_plain_forwards(finished_run, base_model):
     """eval/metrics.json against the formulas applied to log-probs from the models' own forward
     passes: the fine-tuned adapter and the base model (no LoRA) on the held-out pairs, the

@@ -62,6 +62,7 @@ def _checkpoint_errors(a: Path, b: Path) -> dict[str, float]:
     return errors
 
 
+@pytest.mark.slow
 def test_sharded_training_and_resuming_match_one_process(tokenizer, demo_files, tmp_path, one_thread):
     """Uneven micro-batch passes (padded), clipping, and a run stopped in the middle of an epoch and
     resumed from its resume point, on a tiny Llama (`fsdp_worker.py`)."""
@@ -79,6 +80,7 @@ def test_sharded_training_and_resuming_match_one_process(tokenizer, demo_files, 
     assert max(errors.values()) < 1e-5, errors  # measured: 6e-7 at most
 
 
+@pytest.mark.slow
 def test_sharded_pipeline_on_two_processes_matches_one(tiny_model_dir, demo_files, tmp_path, one_thread):
     """Every stage of the demo pipeline on a tiny Llama, sharded over two processes, against the
     same config in this process: the support check, warm-up (several micro-batches a step), base

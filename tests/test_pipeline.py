@@ -25,6 +25,7 @@ from rose.store import MANIFEST, read_json
 
 
 @on_smollm2_run
+@pytest.mark.slow
 def test_every_stage_writes_complete_outputs(finished_run):
     run_dir, config, run = finished_run
     for folder in FOLDERS:
@@ -48,6 +49,7 @@ def test_every_stage_writes_complete_outputs(finished_run):
 
 
 @on_smollm2_run
+@pytest.mark.slow
 def test_selection_prefers_the_planted_skill(finished_run):
     run_dir, _, _ = finished_run
     precision, base_rate = planted_precision(run_dir)
@@ -92,6 +94,7 @@ def _oracle_cosines(run, rows: int) -> np.ndarray:
 
 
 @on_smollm2_run
+@pytest.mark.slow
 def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(finished_run, demo_files, tmp_path):
     """Exact scoring stores the oracle's cosines, and the projected scores lie within the sketch's
     noise of the exact ones. At d = 2048 that noise is ~1/sqrt(d) per cosine (measured: 0.017, on

@@ -52,6 +52,7 @@ sys.exit(main(["-q", "train-grads", sys.argv[1]]))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_gradients_then_rerun_gives_the_same_selection(tiny_run, demo_files, tiny_model_dir, tmp_path):
     """SIGKILL while a shard is written (at a fixed point, not a time): nothing partial counts as
     finished, the rerun keeps the finished shards, and it selects the bytes of an uninterrupted run."""

@@ -20,7 +20,7 @@ from rose.grads.project import make_projector
 from rose.models import lora_parameters
 from rose.store import shard_name
 
-pytestmark = on_smollm2_run  # every test reads the real SmolLM2 run
+pytestmark = [on_smollm2_run, pytest.mark.slow]  # every test reads the real SmolLM2 run
 
 
 def test_dpo_reference_is_the_base_model_with_adapters_off(finished_run, base_model):
