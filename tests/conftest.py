@@ -40,6 +40,16 @@ NO_DATA = "data bundle not found (../shared/data beside the checkout, or $ROSE_S
 needs_data = pytest.mark.skipif(SHARED is None, reason=NO_DATA)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist groups the tests and `-m` deselects them
+def pytest_collection_modifyitems(items) -> None:
+    """The tests that read `finished_run` (real SmolLM2, about a minute) are slow, and share one xdist
+    worker so that the run is computed once (`make test` runs pytest with `--dist loadgroup`)."""
+    for item in items:
+        if "finished_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smollm2_run"))
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Say loudly when the tests on real data did not run: a green suite without them proves less."""
     if SHARED is None:
@@ -131,16 +141,10 @@ def llama_config(run_dir, files, model_dir, **overrides):
     return tiny_config(run_dir, files, **{"model.name": str(model_dir), **overrides})
 
 
-# The tests that read `finished_run` (real SmolLM2, about a minute) share one xdist worker, so that it is
-# computed once (`make test` runs pytest with `--dist loadgroup`).
-on_smollm2_run = pytest.mark.xdist_group("smollm2_run")
-
-
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, demo_files):
     """A complete pipeline run on real SmolLM2 with the tiny recipe: (run_dir, config, run). For tests
-    of what the real model does (the planted skill is found, log-probs of its own forward pass); mark
-    them `on_smollm2_run`."""
+    of what the real model does (the planted skill is found, log-probs of its own forward pass)."""
     from rose.pipeline import run_stages
 
     run_dir = tmp_path_factory.mktemp("run")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import lora_model, on_smollm2_run
+from conftest import lora_model
 from own_forward import own_logps
 
 from rose.encoding import collate, encode
@@ -51,8 +51,6 @@ def test_sequence_logprobs_match_a_direct_forward(tokenizer):
         assert abs(float(lp) - float(want)) < 1e-3 and int(n) == len(seq) - seq.n_prompt
 
 
-@on_smollm2_run
-@pytest.mark.slow
 def test_evaluate_stage_metrics_are_those_of_plain_forwards(finished_run, base_model):
     """eval/metrics.json against the formulas applied to log-probs from the models' own forward
     passes: the fine-tuned adapter and the base model (no LoRA) on the held-out pairs, the

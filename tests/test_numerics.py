@@ -22,6 +22,7 @@ from rose.cli import main
 from rose.errors import NumericalError
 from rose.pipeline import run_stages
 from rose.selectors import SELECTORS, Scores
+from rose.stages import STAGES
 from rose.store import MANIFEST, read_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,10 +85,12 @@ def test_non_finite_weights_are_not_saved():
 
 
 @pytest.fixture(scope="module")
-def selected_run(tmp_path_factory, demo_files, tiny_model_dir):
-    """A sound tiny run through `select` (stage folders in place), for the tests to copy and break."""
+def selected_run(tmp_path_factory, tiny_run):
+    """`tiny_run`'s stages through `select` (stage folders in place, the same config), for the tests
+    to copy and break."""
     run_dir = tmp_path_factory.mktemp("numerics") / "run"
-    run_stages(llama_config(run_dir, demo_files, tiny_model_dir), SELECTION_STAGES)
+    for name in SELECTION_STAGES:
+        shutil.copytree(tiny_run[0] / STAGES[name].folder, run_dir / STAGES[name].folder)
     return run_dir
 
 

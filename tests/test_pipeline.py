@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FOLDERS, llama_config, on_smollm2_run, tiny_config
+from conftest import FOLDERS, llama_config, tiny_config
 
 from rose.context import Run
 from rose.demo import PLANTED, planted_precision
@@ -24,8 +24,6 @@ from rose.stages import STAGES
 from rose.store import MANIFEST, read_json
 
 
-@on_smollm2_run
-@pytest.mark.slow
 def test_every_stage_writes_complete_outputs(finished_run):
     run_dir, config, run = finished_run
     for folder in FOLDERS:
@@ -48,8 +46,6 @@ def test_every_stage_writes_complete_outputs(finished_run):
     assert "warmup" in summary["stage_seconds"]
 
 
-@on_smollm2_run
-@pytest.mark.slow
 def test_selection_prefers_the_planted_skill(finished_run):
     run_dir, _, _ = finished_run
     precision, base_rate = planted_precision(run_dir)
@@ -93,8 +89,6 @@ def _oracle_cosines(run, rows: int) -> np.ndarray:
     return (F.normalize(train.double(), dim=1) @ F.normalize(val.detach().double(), dim=1).T).numpy()
 
 
-@on_smollm2_run
-@pytest.mark.slow
 def test_exact_scoring_and_less_reuse_the_warmup_and_find_the_planted_skill(finished_run, demo_files, tmp_path):
     """Exact scoring stores the oracle's cosines, and the projected scores lie within the sketch's
     noise of the exact ones. At d = 2048 that noise is ~1/sqrt(d) per cosine (measured: 0.017, on

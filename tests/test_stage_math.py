@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import on_smollm2_run
 from own_forward import own_logps
 
 from rose.config import ModelConfig
@@ -19,8 +18,6 @@ from rose.grads.adam import adam_direction
 from rose.grads.project import make_projector
 from rose.models import lora_parameters
 from rose.store import shard_name
-
-pytestmark = [on_smollm2_run, pytest.mark.slow]  # every test reads the real SmolLM2 run
 
 
 def test_dpo_reference_is_the_base_model_with_adapters_off(finished_run, base_model):
