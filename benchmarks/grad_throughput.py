@@ -229,15 +229,15 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops, spec) -> dict:
         runs = [timed(fn, device) for _ in range(args.repeats)]
         seconds, peak = statistics.median(s for s, _ in runs), max(p for _, p in runs)
         n, n_tokens = len(items), sum(len(e) for e in items)
-        floor_s = 4 * (body * n_tokens + head * logit_positions) / (tflops * 1e12)
+        flops = 4 * (body * n_tokens + head * logit_positions)
+        floor_s, fraction, fraction_spec = flops / (tflops * 1e12), flops / (tflops * 1e12) / seconds, flops / (spec * 1e12) / seconds
         modes[name] = {"seconds": seconds, "seconds_per_repeat": [s for s, _ in runs], "examples": n,
                        "tokens": n_tokens, "logit_positions": logit_positions, "examples_per_s": n / seconds,
                        "tokens_per_s": n_tokens / seconds, "floor_seconds": floor_s,
-                       "floor_fraction": floor_s / seconds, "floor_fraction_spec": floor_s * tflops / spec / seconds,
-                       "peak_memory_gb": peak}
+                       "floor_fraction": fraction, "floor_fraction_spec": fraction_spec, "peak_memory_gb": peak}
         spread = f"{min(s for s, _ in runs):.3f}-{max(s for s, _ in runs):.3f} s"
-        print(f"  {arch:14s} {name:24s} {n / seconds:9.2f} ex/s {n_tokens / seconds:11.0f} tok/s  "
-              f"floor {floor_s / seconds:6.1%} ({floor_s * tflops / spec / seconds:6.1%} of spec)  peak {peak:6.1f} GB  ({args.repeats} repeats: {spread})", flush=True)
+        print(f"  {arch:14s} {name:24s} {n / seconds:9.2f} ex/s {n_tokens / seconds:11.0f} tok/s  floor {fraction:6.1%} "
+              f"({fraction_spec:6.1%} of spec)  peak {peak:6.1f} GB  ({args.repeats} repeats: {spread})", flush=True)
 
     check = examples[:4]
     want = torch.stack(list(oracle.sft_grads(model, plist, check, pad))).float()
