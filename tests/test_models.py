@@ -15,9 +15,12 @@ import transformers
 from rose.config import LoraConfig, ModelConfig
 from rose.errors import ConfigError, InputError
 from rose.models import (
+    TOKENIZER_PROBE,
     _builtin_gguf,
+    _gguf_adds_bos,
     add_lora,
     cache_root,
+    check_converted_tokenizer,
     compile_lora_free_blocks,
     load_model,
     load_tokenizer,
@@ -206,3 +209,34 @@ def test_saved_adapters_name_the_base_model_the_user_gave_and_load_with_peft(tmp
             untrained = base(input_ids=ids).logits
     assert not torch.allclose(trained, untrained, atol=1e-4)  # training moved the adapter, so the check below means something
     torch.testing.assert_close(reloaded, trained)
+
+
+def _char_tokenizer(bos: bool):
+    """A real fast tokenizer with no merges: one token per character, as a broken GGUF conversion gives."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(["<bos>", "<eos>", *sorted(set(TOKENIZER_PROBE))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>" if bos else None, eos_token="<eos>")
+
+
+def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, tmp_path):
+    """SmolLM2's own converted tokenizer passes; one token per character, a missing BOS the GGUF asks
+    for, or ids that change on reload are refused, naming the file."""
+    gguf = tmp_path / "m.gguf"
+    check_converted_tokenizer(tokenizer, tokenizer, gguf, adds_bos=False)
+    chars = _char_tokenizer(bos=True)
+    assert len(chars(TOKENIZER_PROBE)["input_ids"]) == len(TOKENIZER_PROBE)
+    with pytest.raises(InputError, match="of 80 characters into 80 tokens") as e:
+        check_converted_tokenizer(chars, chars, gguf, adds_bos=False)
+    assert e.value.path == str(gguf)
+    with pytest.raises(InputError, match="adds a BOS token, but it does not"):
+        check_converted_tokenizer(tokenizer, tokenizer, gguf, adds_bos=True)
+    with pytest.raises(InputError, match="reloading it changes the token ids"):
+        check_converted_tokenizer(tokenizer, chars, gguf, adds_bos=False)
+
+
+def test_the_gguf_bos_flag_is_read_from_the_file():
+    assert _gguf_adds_bos(_builtin_gguf("smollm2-135m-instruct")) is False  # ChatML: no BOS

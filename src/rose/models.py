@@ -169,6 +169,42 @@ def _write_converted(gguf: Path, out: Path) -> None:
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        check_converted_tokenizer(AutoTokenizer.from_pretrained(tmp), tokenizer, gguf, _gguf_adds_bos(gguf))
+
+
+#: English text that any sub-word tokenizer cuts into about one token per word (SmolLM2's and
+#: Gemma 3's: 4.5 characters per token); a tokenizer converted without its merges gives one per character.
+TOKENIZER_PROBE = "The capital of France is Paris, and the quick brown fox jumps over the lazy dog."
+
+
+def check_converted_tokenizer(saved: PreTrainedTokenizerBase, converted: PreTrainedTokenizerBase, gguf: Path,
+                              adds_bos: bool) -> None:
+    """Refuse a tokenizer that transformers converted from a GGUF file wrongly, before any stage
+    trains on its tokens. Some transformers versions do, silently: with 5.17 Gemma 3's tokenizer,
+    saved and reloaded, cuts text into single characters and adds no BOS (5.18 to 5.22: no BOS),
+    and the model then sees text it was never trained on."""
+    import transformers
+
+    ids = saved(TOKENIZER_PROBE)["input_ids"]
+    problems = []
+    if ids != converted(TOKENIZER_PROBE)["input_ids"]:
+        problems.append("saving and reloading it changes the token ids")
+    if len(TOKENIZER_PROBE) / len(ids) < 3:
+        problems.append(f"it cuts an English sentence of {len(TOKENIZER_PROBE)} characters into {len(ids)} tokens "
+                        "(its merges are missing)")
+    if adds_bos and (saved.bos_token_id is None or ids[:1] != [saved.bos_token_id]):
+        problems.append("the GGUF file says the tokenizer adds a BOS token, but it does not")
+    if problems:
+        raise InputError(gguf, f"transformers {transformers.__version__} converts this file's tokenizer wrongly: "
+                         f"{'; '.join(problems)}; use a newer transformers (Gemma 3 needs >= 5.23)")
+
+
+def _gguf_adds_bos(gguf: Path) -> bool:
+    """The file's `tokenizer.ggml.add_bos_token` (False where it does not say)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field.parts[field.data[0]][0]) if field is not None else False
 
 
 def resolve_model(name: str, revision: str | None = None) -> str:
