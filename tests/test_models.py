@@ -211,7 +211,7 @@ def test_saved_adapters_name_the_base_model_the_user_gave_and_load_with_peft(tmp
     torch.testing.assert_close(reloaded, trained)
 
 
-def _char_tokenizer(bos: bool):
+def _char_tokenizer():
     """A real fast tokenizer with no merges: one token per character, as a broken GGUF conversion gives."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -219,7 +219,7 @@ def _char_tokenizer(bos: bool):
     vocab = {c: i for i, c in enumerate(["<bos>", "<eos>", *sorted(set(TOKENIZER_PROBE))])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>" if bos else None, eos_token="<eos>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>")
 
 
 def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, tmp_path):
@@ -227,7 +227,7 @@ def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, tmp_path):
     for, or ids that change on reload are refused, naming the file."""
     gguf = tmp_path / "m.gguf"
     check_converted_tokenizer(tokenizer, tokenizer, gguf, adds_bos=False)
-    chars = _char_tokenizer(bos=True)
+    chars = _char_tokenizer()
     assert len(chars(TOKENIZER_PROBE)["input_ids"]) == len(TOKENIZER_PROBE)
     with pytest.raises(InputError, match="of 80 characters into 80 tokens") as e:
         check_converted_tokenizer(chars, chars, gguf, adds_bos=False)

@@ -25,6 +25,7 @@ import huggingface_hub
 import huggingface_hub.constants
 import huggingface_hub.errors
 import torch
+import transformers
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -183,7 +184,7 @@ def check_converted_tokenizer(saved: PreTrainedTokenizerBase, converted: PreTrai
     trains on its tokens. Some transformers versions do, silently: with 5.17 Gemma 3's tokenizer,
     saved and reloaded, cuts text into single characters and adds no BOS (5.18 to 5.22: no BOS),
     and the model then sees text it was never trained on."""
-    import transformers
+    from .encoding import leading_special_ids
 
     ids = saved(TOKENIZER_PROBE)["input_ids"]
     problems = []
@@ -192,7 +193,7 @@ def check_converted_tokenizer(saved: PreTrainedTokenizerBase, converted: PreTrai
     if len(TOKENIZER_PROBE) / len(ids) < 3:
         problems.append(f"it cuts an English sentence of {len(TOKENIZER_PROBE)} characters into {len(ids)} tokens "
                         "(its merges are missing)")
-    if adds_bos and (saved.bos_token_id is None or ids[:1] != [saved.bos_token_id]):
+    if adds_bos and (saved.bos_token_id is None or saved.bos_token_id not in leading_special_ids(saved)):
         problems.append("the GGUF file says the tokenizer adds a BOS token, but it does not")
     if problems:
         raise InputError(gguf, f"transformers {transformers.__version__} converts this file's tokenizer wrongly: "
