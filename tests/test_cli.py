@@ -147,6 +147,22 @@ def test_config_and_data_errors_are_found_before_torch_is_imported(tmp_path):
         assert out.split() == ["2", "False"], out
 
 
+def test_compare_reads_every_few_shot_set_before_torch_is_imported(tmp_path):
+    """A sweep's validation set that cannot be read stops `rose compare` at once, naming the file,
+    not after the shared GPU work (an HH shot set once did, 20 minutes into the study)."""
+    def rows(prompts: str) -> str:
+        return "".join(json.dumps({"prompt": q, "chosen": "a", "rejected": "b"}) + "\n" for q in prompts)
+
+    cfg = _run_config(tmp_path, validation=rows("qr").encode(),
+                      config='compare: {methods: [rose], shots: {"1": [val.jsonl], "2": [two.jsonl]}, shot_methods: [rose]}\n')
+    (tmp_path / "two.jsonl").write_text(rows("qrs"))
+    code = ("import sys; from rose.cli import main; rc = main(['compare', sys.argv[1], 'data.validation.subtasks=2']); "
+            "print(rc, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "two.jsonl, field 'subtasks': 3 prompts cannot be split into 2 equal subtask blocks" in run.stderr, run.stderr
+    assert run.stdout.split() == ["2", "False"], run.stdout
+
+
 def test_bad_input_leaves_a_finished_run_untouched(tiny_run, tmp_path, capsys):
     run_dir, _, _ = tiny_run
     before = {str(m): m.stat().st_mtime_ns for m in run_dir.rglob(MANIFEST)}

@@ -225,3 +225,25 @@ def test_identical_pairs_are_dropped_with_a_warning_and_a_set_of_only_those_is_r
     with pytest.raises(InputError, match="all 2 pairs have identical chosen and rejected") as e:
         read_preferences([only])
     assert e.value.line == 1 and e.value.field == "rejected"
+
+
+def test_subtask_blocks_are_file_positions_even_for_dropped_pairs_and_alike_prompts(tmp_path, caplog):
+    """HH's 10- and 20-shot sets (two blocks) hold a pair with identical responses, and four of the
+    20-shot prompts share their first 60 characters: neither may move the block boundaries."""
+    stem = "\n\nHuman: I like to host guests at my home from time to time, and I am gathering recipes. "
+    prompts = [stem + "Soup?\n\nAssistant:", stem + "Stew?\n\nAssistant:", "\n\nHuman: Steal?\n\nAssistant:",
+               "\n\nHuman: Carrots?\n\nAssistant:"]
+    responses = [(" a", " b"), (" c", " d"), (" e", " f"), (" same", " same")]
+    path = tmp_path / "prefs.json"
+    path.write_text(json.dumps({p: {"sft_target": c, "rejected_target": r} for p, (c, r) in zip(prompts, responses)}))
+    with caplog.at_level("WARNING", logger="rose"):
+        pairs = read_preferences([path], "rose", subtasks=2, subtask_names=["harmless", "helpful"])
+    assert [(p.prompt[-1]["content"], p.subtask) for p in pairs] == [
+        (prompts[0].split("Human: ")[1].split("\n")[0], "harmless"), (prompts[1].split("Human: ")[1].split("\n")[0], "harmless"),
+        ("Steal?", "helpful")]
+    assert "Human: Carrots? Assistant:" in caplog.text  # the dropped pair's entry, named in one short line
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps({stem * 3 + "Soup?\n\nAssistant:": {"sft_target": "", "rejected_target": " b"}}))
+    with pytest.raises(InputError, match="empty response") as e:
+        read_preferences([long], "rose")
+    assert e.value.entry.endswith("Soup?\n\nAssistant:") and len(str(e.value)) < len(str(long)) + 120

@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, args.overrides)
             if not args.report_only:
                 checked_inputs(config, list(STAGES))
+                for shots in config.compare.shots:  # each sweep's set too: a bad one is an error now, not after the GPU work
+                    RunInputs(config.with_shots(shots)).check(["validation"])
             _run_compare(config, args.shared_only, args.report_only)
             return 0
         config = load_config(args.config, args.overrides)

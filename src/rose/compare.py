@@ -64,11 +64,11 @@ def variants(config: RunConfig) -> list[Variant]:
         selects_all = get_selector(select.method).selects_all
         name = method + (f"-seed{seed}" if seed is not None else "") + ("" if selects_all else f"-p{fraction:g}")
         name += (f"-ft{finetune_seed}" if finetune_seed else "") + (f"-{shots}shot" if shots is not None else "")
-        data = config.data if shots is None else replace(config.data, validation=replace(config.data.validation, paths=cmp.shots[shots]))
         finetune = replace(config.finetune, seed=finetune_seed, **({"epochs": cmp.full_epochs} if selects_all else {}))
         run_dir = str(Path(config.run_dir) / "variants" / name)
+        base = config if shots is None else config.with_shots(shots)
         out.setdefault(name, Variant(name, group, method, fraction, seed, finetune_seed, shots,
-                                     replace(config, run_dir=run_dir, select=select, data=data, finetune=finetune)))
+                                     replace(base, run_dir=run_dir, select=select, finetune=finetune)))
 
     for method in cmp.methods:
         for seed, finetune_seed in runs_of(config, method):

@@ -448,6 +448,11 @@ class RunConfig(Section):
             raise ConfigError("select.precondition=gist projects the stored features onto a subspace; exact scoring "
                               "(gradients.projection=none) stores cosines, not features")
 
+    def with_shots(self, shots: str) -> RunConfig:
+        """This config with its validation set replaced by compare.shots[shots] (a few-shot sweep's point)."""
+        validation = dataclasses.replace(self.data.validation, paths=self.compare.shots[shots])
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, validation=validation))
+
 
 # ----------------------------------------------------------------------------- building from dicts
 

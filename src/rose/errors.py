@@ -7,6 +7,12 @@ class RoseError(Exception):
     """Base class: something about the user's input, config or run directory is wrong."""
 
 
+def short(value: object, limit: int = 80) -> str:
+    """A value or message cut to one short line, for error messages that must fit one line."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def location(path: object, line: int | None = None, entry: int | str | None = None, field: str | None = None,
              row: int | None = None) -> str:
     """'file, line N, entry E, field F' (or 'source, row R, ...' for a table, R counted from 0 as
@@ -17,7 +23,7 @@ def location(path: object, line: int | None = None, entry: int | str | None = No
     if row is not None:
         where.append(f"row {row}")
     if entry is not None:
-        where.append(f"entry {entry!r}" if isinstance(entry, str) else f"entry {entry}")
+        where.append(f"entry {short(entry, 60)!r}" if isinstance(entry, str) else f"entry {entry}")
     if field is not None:
         where.append(f"field '{field}'")
     return ", ".join(where)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import InputError
-from .sources import Origin, iter_records, short, source_name
+from .errors import InputError, short
+from .sources import Origin, iter_records, source_name
 
 log = logging.getLogger("rose")
 
@@ -325,6 +325,7 @@ def read_preferences(
     col = {name: (columns or {}).get(name, name) for name in PREFERENCE_COLUMNS}
     records: list[PreferencePair] = []
     identical: list[Origin] = []
+    read: list[Origin] = []  # every prompt read, dropped ones too: subtask blocks are positions in the file
     for path in paths:
         kind = _detect_format(path, col) if fmt == "auto" else fmt
         stem = source_name(path)
@@ -337,6 +338,7 @@ def read_preferences(
         else:
             raise InputError(path, f"unknown preference format {kind!r}; expected auto, rose, trl or hh")
         for i, (origin, prompt, chosen, rejected, row) in enumerate(rows):
+            read.append(origin)
             blank = [col[name] for name, text in (("chosen", chosen), ("rejected", rejected)) if not text.strip()]
             if blank and empty == "skip":
                 continue
@@ -357,10 +359,10 @@ def read_preferences(
                     len(identical), identical[0])
     if not records:
         raise InputError(", ".join(map(str, paths)), "no preference pairs found")
-    return assign_subtasks(records, subtasks, subtask_names)
+    return assign_subtasks(records, subtasks, subtask_names, read)
 
 
-def assign_subtasks(records: list, subtasks: str | int, names: Sequence[str] = ()) -> list:
+def assign_subtasks(records: list, subtasks: str | int, names: Sequence[str] = (), read: Sequence[Origin] = ()) -> list:
     """Label records with the subtask that the paper's max-over-subtasks aggregation needs.
 
     "file": one subtask per input file (already set by the reader). "field": each row's `subtask`
@@ -368,6 +370,8 @@ def assign_subtasks(records: list, subtasks: str | int, names: Sequence[str] = (
     in file order, the layout of the ROSE paper's single-file validation sets (18 for SHP, 2 for HH),
     named by `names` (the files carry no names: SHP's blocks are its subreddits in alphabetical
     order, the test files' order) or block00, block01, ...
+    `read`: the origins of every prompt read, in file order, those of dropped pairs too (HH's 10-shot
+    set holds a pair with identical responses), so that a dropped pair does not move the blocks.
     """
     if subtasks in ("file", "field"):
         return records
@@ -375,7 +379,7 @@ def assign_subtasks(records: list, subtasks: str | int, names: Sequence[str] = (
         return [replace(r, subtask="all") for r in records]
     if isinstance(subtasks, int) and not isinstance(subtasks, bool) and subtasks > 0:
         # blocks count prompts (file entries), not pairs: a ROSE prompt can hold several pairs
-        units = list(dict.fromkeys(r.origin for r in records))
+        units = list(dict.fromkeys(read or [r.origin for r in records]))
         if len(units) % subtasks:
             raise InputError(records[0].origin.path, f"{len(units)} prompts cannot be split into {subtasks} equal subtask blocks", field="subtasks")
         if names and len(names) != subtasks:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, location
+from .errors import InputError, location, short
 from .hub import SYNTAX, is_hub, load_split, parse_hub
 
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")
@@ -171,12 +171,6 @@ def _base_suffix(path: Path) -> str:
     return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
 
 
-def short(value: object, limit: int = 80) -> str:
-    """A value or message cut to one short line, for error messages that must fit one line."""
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -223,6 +217,6 @@ def _json_records(path: Path, suffix: str) -> Iterator[tuple[Origin, Any]]:
             yield Origin(str(path), entry=i), value
     elif isinstance(doc, dict):
         for key, value in doc.items():
-            yield Origin(str(path), entry=short(key, 60)), (key, value)
+            yield Origin(str(path), entry=key), (key, value)  # the whole key: two prompts can begin alike
     else:
         raise InputError(path, f"expected a JSON list or object at top level, got {type(doc).__name__}")
