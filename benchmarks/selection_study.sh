@@ -13,8 +13,10 @@
 #    fine-tune seed runs before any second one, so a run stopped early still covers every method.
 # On a machine reached through calls shorter than the study, start it with `benchmarks/detached.sh
 # start LOG benchmarks/selection_study.sh TASK ...` and collect with `detached.sh wait`.
-# Everything resumes: run it again after an interruption. Results: docs/results/study/<task>.json
-# (<task>-sweeps.json), whose tables `python benchmarks/study_table.py FILE` prints.
+# Everything resumes: run it again after an interruption, on the same machine or, from the committed
+# results file, on a fresh one (the finished variants are not redone; delete the file to start over).
+# Results: docs/results/study/<task>.json (<task>-sweeps.json); `python benchmarks/study_table.py FILE`
+# prints its tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 task=${1:?usage: benchmarks/selection_study.sh shp|hh [KEY=VALUE ...]}
@@ -36,6 +38,11 @@ if ((sweeps)); then  # the three best of the study (docs/results.md, "The decisi
         "compare.shot_methods=$best")
 fi
 args+=("compare.results_json=$out" "$@")
+run_dir=$($py -c 'import sys; from rose.config import load_config; print(load_config(sys.argv[1], sys.argv[2:]).run_dir)' "${args[@]}")
+if [[ -f $out && ! -f $run_dir/compare/results.json ]]; then  # a fresh machine: go on from the committed results
+  mkdir -p "$run_dir/compare"
+  $py -c 'import json, sys; json.dump(json.load(open(sys.argv[1]))["variants"], open(sys.argv[2], "w"))' "$out" "$run_dir/compare/results.json"
+fi
 gpus=$($py -c "import torch; print(max(1, torch.cuda.device_count()))")
 left() { if ((limit)); then echo $((limit - SECONDS)); else echo 999999; fi; }
 
