@@ -100,6 +100,43 @@ def test_dpo_pair_grads_match_autograd(tokenizer, dtype, tol):
 
 
 @pytest.mark.slow
+def test_dpo_direction_survives_a_margin_whose_sigmoid_underflows(tokenizer):
+    """A pair the policy ranks right by ~1,500 nats more than the reference: sigma(-beta m) ~ 1e-65
+    underflows in float32, so the plain DPO gradient is exactly zero, though in exact arithmetic it
+    is a tiny vector with a direction. `DPOLoss(direction=True)`, what val-grads uses, gives that
+    direction for it and for an ordinary pair: the float64 model's own autograd of the plain DPO
+    loss, normalised, is the reference."""
+    beta, cpu = 0.1, torch.device("cpu")
+    model = _lora_model("float32")
+    params = list(lora_parameters(model))
+    ex = _examples(tokenizer)
+    pairs = [(ex[0], ex[1]), (ex[2], ex[3])]
+    with model.disable_adapter():
+        ref, _ = engine.sequence_logprobs(model, [s for p in pairs for s in p], 10_000, cpu)
+    ref = ref.view(-1, 2).clone()
+    ref[0, 0] -= 1500.0  # the first pair's margin grows by 1,500 nats; the second stays as it is
+    exact = _float64_copy(model)
+    exact_params = list(lora_parameters(exact).values())
+    expected = []
+    for (chosen, rejected), (ref_c, ref_r) in zip(pairs, ref.double()):
+        margin = (own_logp(exact, chosen) - ref_c) - (own_logp(exact, rejected) - ref_r)
+        expected.append(torch.cat([g.flatten() for g in torch.autograd.grad(-F.logsigmoid(beta * margin), exact_params)]))
+    expected = torch.stack(expected)
+
+    def grads(loss):
+        out = torch.zeros_like(expected)
+        for idx, parts in engine.per_example_grads(model, params, pairs, loss, 10_000, cpu):
+            out[idx] = torch.cat(list(parts), dim=1).double()
+        return out
+
+    assert 0 < expected[0].norm() < 1e-50  # real, and far below float32's smallest number
+    assert grads(DPOLoss(ref, beta))[0].abs().max() == 0  # the plain loss underflows to an all-zero feature
+    got = grads(DPOLoss(ref, beta, direction=True))
+    unit = expected / expected.norm(dim=1, keepdim=True)  # not F.normalize, whose eps leaves a 1e-65 vector as it is
+    assert _rel_err(got / got.norm(dim=1, keepdim=True), unit) < 1e-4
+
+
+@pytest.mark.slow
 def test_small_token_budget_splits_batches_without_changing_results(tokenizer):
     model = _lora_model("float64")
     names = list(lora_parameters(model))

@@ -195,11 +195,17 @@ class DPOLoss:
     summed log-probs [M, 2] (chosen, rejected): ROSE's validation loss. An item is a pair, whose
     chosen and rejected responses go through the network as two sequences. `per_token`: the
     margin from per-token mean log-ratios instead of summed ones (select.dpo_logprobs=mean), so a
-    long response does not outweigh a short one."""
+    long response does not outweigh a short one.
+
+    `direction`: the loss is -beta * margin instead, whose gradient is the DPO gradient divided by
+    its positive per-pair factor sigma(-beta * margin): the same direction, which is all that a
+    normalised feature keeps, and exact where that factor underflows (a pair the policy ranks right
+    by hundreds of nats has sigma ~ 1e-65, a zero in float32 and bf16, and so a zero gradient)."""
 
     reference: torch.Tensor
     beta: float
     per_token: bool = False
+    direction: bool = False
     sequences_per_item = 2
 
     def sequences(self, item: tuple[Encoded, Encoded]) -> tuple[Encoded, ...]:
@@ -210,6 +216,8 @@ class DPOLoss:
         policy = logp.view(-1, 2)
         if self.per_token:
             policy, ref = per_token(policy, n_tokens.view(-1, 2)), per_token(ref, n_tokens.view(-1, 2))
+        if self.direction:
+            return -self.beta * dpo_margins(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1]).sum()
         return dpo_losses(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], self.beta).sum()
 
 

@@ -2,7 +2,9 @@
 
 They are plain (SGD) gradients of the selection method's validation loss (`Selector.validation_loss`):
 ROSE's DPO loss of each pair, whose reference is the base model (adapters off, log-probs from
-base-logprobs), or LESS's SFT loss of the chosen response. The method's options
+base-logprobs), taken without its per-pair sigmoid factor (`DPOLoss.direction`: the same
+normalised feature, and no zero where the factor underflows), or LESS's SFT loss of the chosen
+response. The method's options
 (`SelectionOptions`) can instead take the chosen and rejected responses' gradients apart
 (`sides=apart`), the DPO margin from per-token log-probs (`dpo_logprobs=mean`) and divide the
 gradients by Adam's sqrt(v + eps) (`precondition=adam`). For DPO it also stores each pair's
@@ -64,7 +66,8 @@ def validation_targets(run: Run) -> list[ValidationTarget]:
         return [ValidationTarget("chosen", [chosen for chosen, _ in pairs], SFTLoss()),
                 ValidationTarget("rejected", [rejected for _, rejected in pairs], SFTLoss())]
     reference = torch.from_numpy(read_base_logprobs(run, "validation"))
-    return [ValidationTarget("grads", pairs, DPOLoss(reference, run.config.gradients.dpo_beta, run.options.dpo_logprobs == "mean"))]
+    loss = DPOLoss(reference, run.config.gradients.dpo_beta, run.options.dpo_logprobs == "mean", direction=True)
+    return [ValidationTarget("grads", pairs, loss)]  # direction: the features are normalised, and it cannot underflow
 
 
 def projector(run: Run) -> Projector:
