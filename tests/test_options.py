@@ -18,6 +18,7 @@ from conftest import llama_config
 from rose.compare import _priority, variants
 from rose.config import load_config
 from rose.errors import ConfigError
+from rose.grads.losses import dpo_sigmoid_weights
 from rose.grads.project import make_projector
 from rose.influence import aggregate, pair_weights, similarities, subspace
 from rose.models import lora_parameters
@@ -61,6 +62,13 @@ def test_checkpoint_weights_lr_last_and_lr_times_dpo_sigmoid():
     assert np.allclose(pair_weights("last", lrs, 3), [[0, 0, 0], [1, 1, 1]])
     raw = np.array([[0.75 * 0.5, 0.75 * 1.0, 0.75 * 0.1], [0.25 * 0.2, 0.25 * 0.2, 0.25 * 0.9]])
     assert np.allclose(pair_weights("lr_dpo", lrs, 3, dpo), raw / raw.sum(axis=0).mean())
+
+
+def test_dpo_sigmoid_weights_of_float32_log_probs_stay_above_zero_at_a_1500_nat_margin():
+    policy, reference, n_tokens = torch.tensor([[-20.0, -30.0], [-5.0, -6.0]]), torch.tensor([[-1520.0, -30.0], [-5.0, -5.0]]), torch.ones(2, 2)
+    weights = dpo_sigmoid_weights(policy, reference, n_tokens, beta=0.1)
+    assert weights.dtype == torch.float64 and float(torch.sigmoid(torch.tensor(-150.0))) == 0  # float32's would be
+    assert np.allclose(weights.numpy(), [np.exp(-150.0) / (1 + np.exp(-150.0)), 1 / (1 + np.exp(0.1))], rtol=1e-6, atol=0)
 
 
 def test_gist_similarities_are_cosines_in_the_top_singular_subspace():

@@ -183,7 +183,10 @@ def dpo_sigmoid_weights(policy: torch.Tensor, reference: torch.Tensor, n_tokens:
                         normalise: bool = False) -> torch.Tensor:
     """[M] sigma(-beta * margin) of each pair from [M, 2] (chosen, rejected) log-probs: the factor
     the DPO gradient of a pair carries, near 1 for a pair the policy ranks wrong, near 0 for one it
-    ranks right by far. `normalise`: log-probs divided by each response's token count (`per_token`)."""
+    ranks right by far. `normalise`: log-probs divided by each response's token count (`per_token`).
+    In float64, where a margin of a few thousand nats still gives a weight above zero (float32's
+    sigmoid is 0 beyond about 1,000 nats at beta 0.1, and a checkpoint of zeros weights nothing)."""
+    policy, reference = policy.double(), reference.double()
     if normalise:
         policy, reference = per_token(policy, n_tokens), per_token(reference, n_tokens)
     return torch.sigmoid(-beta * dpo_margins(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1]))
