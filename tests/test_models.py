@@ -6,17 +6,21 @@ from __future__ import annotations
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import torch
 import transformers
+from transformers import AutoTokenizer
 
 from rose.config import LoraConfig, ModelConfig
 from rose.errors import ConfigError, InputError
 from rose.models import (
+    TOKENIZER_CHECKED,
     TOKENIZER_PROBE,
     _builtin_gguf,
+    _convert_gguf,
     _gguf_adds_bos,
     add_lora,
     cache_root,
@@ -236,6 +240,29 @@ def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, tmp_path):
         check_converted_tokenizer(tokenizer, tokenizer, gguf, adds_bos=True)
     with pytest.raises(InputError, match="reloading it changes the token ids"):
         check_converted_tokenizer(tokenizer, chars, gguf, adds_bos=False)
+
+
+@pytest.mark.slow
+def test_a_folder_converted_before_the_tokenizer_check_is_checked_and_converted_again_if_wrong(tmp_path, caplog):
+    """A converted folder from before the check (no marker): kept, and marked, if its tokenizer is
+    right; removed and converted again if it is not (a Gemma 3 folder from transformers 5.17)."""
+    gguf, cached = _builtin_gguf("smollm2-135m-instruct"), Path(resolve_model("smollm2-135m-instruct"))
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in cached.iterdir():
+        if f.name != TOKENIZER_CHECKED:
+            (old / f.name).symlink_to(f)  # the 540 MB weights are not copied
+    assert _convert_gguf(gguf, old) == old and (old / TOKENIZER_CHECKED).read_text().strip() == transformers.__version__
+    assert (old / "model.safetensors").is_symlink()  # kept as it was
+    (old / TOKENIZER_CHECKED).unlink()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (old / name).unlink()
+    _char_tokenizer().save_pretrained(old)
+    with caplog.at_level("WARNING", logger="rose"):
+        _convert_gguf(gguf, old)
+    assert "converting it again" in caplog.text and "into 80 tokens" in caplog.text
+    assert not (old / "model.safetensors").is_symlink() and (old / TOKENIZER_CHECKED).is_file()
+    assert AutoTokenizer.from_pretrained(old)(TOKENIZER_PROBE)["input_ids"] == AutoTokenizer.from_pretrained(cached)(TOKENIZER_PROBE)["input_ids"]
 
 
 def test_the_gguf_bos_flag_is_read_from_the_file():

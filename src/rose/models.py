@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,14 +148,35 @@ def _listed_sha256(checksums: Path, filename: str) -> str:
     raise InputError(checksums, f"lists no sha256 for {filename}")
 
 
+#: Written into a converted folder whose tokenizer passed `check_converted_tokenizer` (it holds the
+#: transformers version that converted it); a folder without it, converted before rose checked, is
+#: checked when next used.
+TOKENIZER_CHECKED = "rose-tokenizer-checked"
+
+
 def _convert_gguf(gguf: Path, out: Path) -> Path:
     """De-quantise a GGUF file into a float32 safetensors model folder (once, by one process)."""
-    if (out / "config.json").is_file():
+    if (out / TOKENIZER_CHECKED).is_file():
         return out
     with folder_lock(out.parent):  # processes started together (torchrun, compare workers) convert once
+        if (out / "config.json").is_file() and not (out / TOKENIZER_CHECKED).is_file():
+            _recheck_converted(gguf, out)
         if not (out / "config.json").is_file():
             _write_converted(gguf, out)
     return out
+
+
+def _recheck_converted(gguf: Path, out: Path) -> None:
+    """Keep a folder converted before the tokenizer check if its tokenizer passes it against this
+    transformers' conversion; else remove it, to be converted again (and checked)."""
+    try:
+        converted = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        check_converted_tokenizer(AutoTokenizer.from_pretrained(out), converted, gguf, _gguf_adds_bos(gguf))
+    except InputError as e:
+        log.warning("%s: %s; converting it again", out, e)
+        shutil.rmtree(out)
+        return
+    (out / TOKENIZER_CHECKED).write_text(transformers.__version__ + "\n")
 
 
 def _write_converted(gguf: Path, out: Path) -> None:
@@ -171,6 +193,7 @@ def _write_converted(gguf: Path, out: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         check_converted_tokenizer(AutoTokenizer.from_pretrained(tmp), tokenizer, gguf, _gguf_adds_bos(gguf))
+        (Path(tmp) / TOKENIZER_CHECKED).write_text(transformers.__version__ + "\n")
 
 
 #: English text that any sub-word tokenizer cuts into about one token per word (SmolLM2's and
