@@ -35,8 +35,8 @@ from rose.models import compile_lora_free_blocks, lora_parameters
 #: (category, pattern on the lower-cased kernel name), first match wins
 CATEGORIES = [
     ("sketch (rose's Triton kernel)", r"adam_sketch|_project\b|rademacher"),
+    ("attention", r"flash|fmha|attention|sdpa|efficient_attention"),  # before matmul: flash kernels are cutlass templates
     ("matmul", r"gemm|cutlass|xmma|nvjet|cublas|matmul|splitk|sm90_|wgmma|aten::(mm|addmm|bmm)$"),
-    ("attention", r"flash|fmha|attention|sdpa|efficient_attention"),
     ("softmax / log-softmax / NLL", r"softmax|nll|cross_entropy|logsumexp"),
     ("compiled (inductor Triton)", r"^triton_|triton_(poi|red|per)"),
     ("copy / cast", r"copy|memcpy|cat_|catarray|convert|to_copy"),
@@ -56,7 +56,11 @@ def kernel_times(prof, on_gpu: bool) -> dict[str, float]:
     """{kernel name: microseconds} from a profile: every event with device time of its own (on a
     CPU, every operator's own CPU time instead: the same table, for trying the script out)."""
     times: dict[str, float] = {}
+    from torch.autograd import DeviceType
+
     for event in prof.key_averages():
+        if on_gpu and event.device_type != DeviceType.CUDA:
+            continue  # an operator's own device time is its kernels' again
         own = event.self_device_time_total if on_gpu else event.self_cpu_time_total
         if own > 0:
             times[event.key] = times.get(event.key, 0.0) + float(own)
