@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rose.config import load_config
-from rose.keys import InputDigests, stage_keys
+from rose.keys import InputDigests, input_digests, stage_keys
 from rose.stages import STAGES
 
 DIGESTS = InputDigests(pool=(("pool.jsonl", "aa"),), validation=(("val.jsonl", "bb"),), evaluation=(("test.json", "cc"),))
@@ -34,6 +34,25 @@ def test_each_change_reaches_its_stage_and_those_after_it_only():
     assert changed(base, keys(digests=evaluation)) == {"base-logprobs", "evaluate"}  # a new test set recomputes no gradients
     validation = InputDigests(DIGESTS.pool, (("val.jsonl", "ee"),), DIGESTS.evaluation)
     assert changed(base, keys(digests=validation)) == {"base-logprobs", "val-grads", "score", "select", "finetune", "evaluate"}
+
+
+def test_the_model_folders_tokenizer_and_config_files_are_in_every_key(tmp_path):
+    """A model folder whose tokenizer changes under the same name (a GGUF converted again after a
+    wrong conversion, a local folder overwritten) makes every stage stale; its weights are not read."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "tokenizer.json").write_text('{"model": "chars"}')
+    (folder / "model.safetensors").write_text("weights")
+    config = load_config(None, [f"run_dir={tmp_path / 'run'}", f"model.name={folder}"])
+    before = input_digests(config, folder)
+    assert [name for name, _ in before.model] == ["config.json", "tokenizer.json"]
+    (folder / "model.safetensors").write_text("other weights")
+    assert input_digests(config, folder) == before
+    (folder / "tokenizer.json").write_text('{"model": "bpe"}')
+    after = input_digests(config, folder)
+    assert changed(keys(f"model.name={folder}", digests=before), keys(f"model.name={folder}", digests=after)) == set(STAGES)
+    assert input_digests(config, None).model == ()  # a hub id that is not on this machine: its name alone
 
 
 def test_what_does_not_change_results_is_not_in_the_keys():

@@ -38,6 +38,7 @@ from .models import (
     load_model,
     load_tokenizer,
     lora_parameters,
+    resolve_model,
     set_adapter_dtype,
     shard_model,
 )
@@ -169,7 +170,11 @@ class Run:
 
     @cached_property
     def digests(self) -> InputDigests:
-        return input_digests(self.config)
+        try:
+            folder = resolve_model(self.config.model.name, self.config.model.revision)
+        except InputError:  # a hub id neither cached nor reachable: keyed by its name alone, as the stages that need no model run
+            folder = None
+        return input_digests(self.config, folder)
 
     @cached_property
     def keys(self) -> dict[str, str]:

@@ -34,16 +34,26 @@ class InputDigests:
     pool: Digests
     validation: Digests
     evaluation: Digests  # held-out pairs, test prompts and the held-out exclusion lists
+    model: Digests = ()  # the model folder's config and tokenizer files (none for a hub id not on this machine)
 
 
-def input_digests(config: RunConfig) -> InputDigests:
-    """The content hashes of every configured input (files, saved datasets, hub splits)."""
+#: The files of a model folder whose change makes every stage stale (a GGUF converted again with a
+#: right tokenizer, a local folder overwritten); the weights are left out: hashing gigabytes for
+#: every run costs more than the rare folder whose weights change under the same config.
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+               "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt")
+
+
+def input_digests(config: RunConfig, model_folder: str | Path | None = None) -> InputDigests:
+    """The content hashes of every configured input (files, saved datasets, hub splits) and of the
+    resolved model folder's `MODEL_FILES`."""
 
     def of(patterns: list[str]) -> Digests:
         return tuple((Path(s).name, source_digest(s)) for s in expand_globs(patterns))
 
-    data = config.data
-    return InputDigests(of(data.pool), of(data.validation.paths), of(data.heldout.paths + data.test + data.heldout_exclude))
+    data, folder = config.data, Path(model_folder) if model_folder is not None else None
+    model = tuple((name, source_digest(folder / name)) for name in MODEL_FILES if (folder / name).is_file()) if folder and folder.is_dir() else ()
+    return InputDigests(of(data.pool), of(data.validation.paths), of(data.heldout.paths + data.test + data.heldout_exclude), model)
 
 
 def preference_source(section: PreferenceSource) -> dict:
@@ -66,6 +76,8 @@ class KeyParts:
         c = config
         # a run may move between devices; compiling blocks and sharding the model change speed and memory, not results
         self.model = {k: v for k, v in asdict(c.model).items() if k not in ("device", "compile_blocks", "shard")}
+        if digests.model:
+            self.model["files"] = digests.model
         self.pool = fingerprint([digests.pool, c.data.pool_limit, c.data.columns, c.data.response_template, c.seed, self.model])
         self.validation = fingerprint([self.model, c.seed, preference_source(c.data.validation), digests.validation, c.data.empty_responses])
         # the held-out set depends on the validation prompts only when those are excluded from it
