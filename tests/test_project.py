@@ -109,13 +109,14 @@ def test_the_gpu_kernel_computes_the_same_matrix():
 
 def test_fused_adam_sketch_kernel_matches_the_op_by_op_path():
     """The Triton kernel ProjectedFeatures uses on a GPU, run by Triton's CPU interpreter, against
-    adam_direction + sketch: with and without Adam, bf16 and float32 input, padded chunks."""
+    adam_direction + sketch: with and without Adam, bf16 and float32 input, padded chunks, and
+    every shape (examples x buckets per program) the GPU may pick, with rows and buckets left over."""
     script = (
         "import torch\n"
         "from rose.grads.adam import AdamMoments, adam_direction\n"
         "from rose.grads.project import SparseProjector\n"
-        "from rose.grads.sketch_triton import adam_sketch\n"
-        "proj = SparseProjector([3000, 700, 100], 128, seed=1)\n"
+        "from rose.grads.sketch_triton import SHAPES, adam_sketch\n"
+        "proj = SparseProjector([3000, 700, 100], 160, seed=1)\n"
         "gen = torch.Generator().manual_seed(0)\n"
         "for k, n, dtype in [(0, 3, torch.bfloat16), (1, 5, torch.float32), (2, 2, torch.float32)]:\n"
         "    D = proj.segments[k]\n"
@@ -123,8 +124,9 @@ def test_fused_adam_sketch_kernel_matches_the_op_by_op_path():
         "    state = AdamMoments(torch.randn(D, generator=gen) * 1e-3, torch.rand(D, generator=gen) * 1e-6, 0.9, 0.999, 1e-8)\n"
         "    for moments, x in [(state, adam_direction(g, state)), (None, g)]:\n"
         "        want = proj.project(x, k)\n"
-        "        got = adam_sketch(g, *proj.table(k, g.device), moments)\n"
-        "        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max())), (k, (got - want).abs().max())\n"
+        "        for shape in SHAPES:\n"
+        "            got = adam_sketch(g, *proj.table(k, g.device), moments, shape=shape)\n"
+        "            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max())), (k, shape, (got - want).abs().max())\n"
         "print('ok')\n"
     )
     _run_interpreted(script)
