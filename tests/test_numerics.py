@@ -202,6 +202,22 @@ def test_a_selection_made_from_nan_scores_is_not_fine_tuned(broken):
 # ----------------------------------------------------------------------------- rose compare
 
 
+def test_compare_records_a_variant_stopped_by_its_input_as_failed_and_finishes_the_others(tmp_path, demo_files, tiny_model_dir, capsys):
+    """A few-shot set whose prompt is too long for the model stops only that variant (before, every
+    worker of a study exited on it): the error is in results.json and the report, the rest finish."""
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "word " * 3000, "chosen": "yes", "rejected": "no"}) + "\n")
+    config = llama_config(tmp_path / "run", demo_files, tiny_model_dir, **{
+        "compare.methods": "[random, less]", "compare.random_seeds": "[0]", "compare.budgets": "[]",
+        "compare.shots": f'{{"1": ["{long}"]}}', "compare.shot_methods": "[less]"})
+    assert main(["-q", "compare", _config_file(tmp_path, config)]) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert line.startswith("rose: error: compare: 1 of 3 variants failed (less-p0.125-1shot)")
+    results = read_json(tmp_path / "run/compare/results.json")
+    assert "long.jsonl" in results["less-p0.125-1shot"]["failed"] and "max_length" in results["less-p0.125-1shot"]["failed"]
+    assert "heldout_pref_acc" in results["less-p0.125"] and "heldout_pref_acc" in results["random-seed0-p0.125"]
+
+
 def test_compare_reports_a_diverging_variant_as_failed_and_finishes_the_others(tmp_path, demo_files, tiny_model_dir, capsys):
     config = llama_config(tmp_path / "run", demo_files, tiny_model_dir, **{
         "warmup.lr": 1e6, "compare.methods": "[random, rose]", "compare.random_seeds": "[0]", "compare.budgets": "[]",
@@ -210,7 +226,7 @@ def test_compare_reports_a_diverging_variant_as_failed_and_finishes_the_others(t
     assert main(["-q", "compare", config_file]) == 2
     err = capsys.readouterr().err
     (line,) = _error_lines(err)
-    assert line.startswith("rose: error: compare: 1 of 2 variants failed numerically (rose-p0.125)")
+    assert line.startswith("rose: error: compare: 1 of 2 variants failed (rose-p0.125)")
     results = read_json(tmp_path / "run/compare/results.json")
     assert results["rose-p0.125"]["failed"].startswith("warmup: ") and "warmup.lr=1e+06 is likely too high" in results["rose-p0.125"]["failed"]
     assert "heldout_pref_acc" in results["random-seed0-p0.125"]

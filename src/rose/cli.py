@@ -144,7 +144,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 def _run_compare(config, shared_only: bool, report_only: bool) -> None:
     from .compare import prepare_shared, run_compare
     from .distributed import Dist
-    from .errors import NumericalError, RunDirError
+    from .errors import RunDirError
     from .report import compare_plots, method_summary, render_compare, sweep_summary, table
     from .store import atomic_write_text, read_json, write_json
 
@@ -181,8 +181,8 @@ def _run_compare(config, shared_only: bool, report_only: bool) -> None:
     print(f"report: {out / 'report.md'}")
     failed = [name for name, r in results.items() if "failed" in r]
     if failed:  # the others finished and are reported; the run still says that it is not whole
-        raise NumericalError(f"compare: {len(failed)} of {len(results)} variants failed numerically ({', '.join(failed)}); "
-                             f"{out / 'report.md'} says why, the others finished")
+        raise RoseError(f"compare: {len(failed)} of {len(results)} variants failed ({', '.join(failed)}); "
+                        f"{out / 'report.md'} says why, the others finished")
 
 
 def checked_inputs(config, stages: list[str]) -> RunInputs:

@@ -20,7 +20,7 @@ import numpy as np
 from .config import RunConfig
 from .context import Run
 from .distributed import Dist
-from .errors import NumericalError
+from .errors import RoseError
 from .pipeline import cache_dir, link_cache, record_config, run_stages
 from .selectors import get_selector
 from .stages import STAGES, stages_for
@@ -108,8 +108,9 @@ def run_variant(variant: Variant, cache: Path, base: Run, wait: bool = True) -> 
     return result, run
 
 
-def failed_result(variant: Variant, error: NumericalError) -> dict:
-    """A variant that stopped with a numerical error, as results.json records it: what it was, and why it failed."""
+def failed_result(variant: Variant, error: RoseError) -> dict:
+    """A variant that stopped with a rose error (a diverged run, a prompt too long for one shot
+    set), as results.json records it: what it was, and why it failed."""
     return {"group": variant.group, "method": variant.method, "fraction": variant.fraction, "seed": variant.seed,
             "finetune_seed": variant.finetune_seed, "shots": variant.shots, "failed": str(error)}
 
@@ -155,9 +156,9 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
     Several processes may run the same comparison at once (one per GPU, say): each takes the
     variants whose next stage no other process holds, waits when all are held, and skips what
     another has finished. Under torchrun all processes work on one variant at a time instead.
-    A variant that stops with a NumericalError (a diverged training run, NaN gradients or scores)
-    is recorded as failed, with the error, and the others go on; a later `rose compare` retries it
-    (after a config change, say).
+    A variant that stops with a rose error (`RoseError`: a diverged training run, NaN gradients or
+    scores, a prompt of one shot set too long for the model) is recorded as failed, with the error,
+    and the others go on; a later `rose compare` retries it (after a config change, say).
     """
     root = Path(config.run_dir)
     results_file = root / "compare" / "results.json"
@@ -181,7 +182,7 @@ def run_compare(config: RunConfig, on_result=None, dist: Dist | None = None) -> 
                 log.info("compare: %s waits (%s)", variant.name, e)
                 busy.append(variant)
                 continue
-            except NumericalError as e:
+            except RoseError as e:
                 log.error("compare: %s failed: %s", variant.name, e)
                 result = failed_result(variant, e)
             retry.discard(variant.name)
