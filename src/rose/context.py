@@ -170,11 +170,15 @@ class Run:
 
     @cached_property
     def digests(self) -> InputDigests:
+        model = self.config.model
+        return input_digests(self.config, self.loaded.get(("model folder", model.name, model.revision), self._model_folder))
+
+    def _model_folder(self) -> str | None:
+        """Where the model's files are (once per process: a .gguf name is hashed to find its folder)."""
         try:
-            folder = resolve_model(self.config.model.name, self.config.model.revision)
+            return resolve_model(self.config.model.name, self.config.model.revision)
         except InputError:  # a hub id neither cached nor reachable: keyed by its name alone, as the stages that need no model run
-            folder = None
-        return input_digests(self.config, folder)
+            return None
 
     @cached_property
     def keys(self) -> dict[str, str]:

@@ -362,7 +362,7 @@ def read_preferences(
     return assign_subtasks(records, subtasks, subtask_names, read)
 
 
-def assign_subtasks(records: list, subtasks: str | int, names: Sequence[str] = (), read: Sequence[Origin] = ()) -> list:
+def assign_subtasks(records: list, subtasks: str | int, names: Sequence[str], read: Sequence[Origin]) -> list:
     """Label records with the subtask that the paper's max-over-subtasks aggregation needs.
 
     "file": one subtask per input file (already set by the reader). "field": each row's `subtask`
@@ -379,7 +379,7 @@ def assign_subtasks(records: list, subtasks: str | int, names: Sequence[str] = (
         return [replace(r, subtask="all") for r in records]
     if isinstance(subtasks, int) and not isinstance(subtasks, bool) and subtasks > 0:
         # blocks count prompts (file entries), not pairs: a ROSE prompt can hold several pairs
-        units = list(dict.fromkeys(read or [r.origin for r in records]))
+        units = list(dict.fromkeys(read))
         if len(units) % subtasks:
             raise InputError(records[0].origin.path, f"{len(units)} prompts cannot be split into {subtasks} equal subtask blocks", field="subtasks")
         if names and len(names) != subtasks:

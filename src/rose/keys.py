@@ -51,8 +51,9 @@ def input_digests(config: RunConfig, model_folder: str | Path | None = None) -> 
     def of(patterns: list[str]) -> Digests:
         return tuple((Path(s).name, source_digest(s)) for s in expand_globs(patterns))
 
-    data, folder = config.data, Path(model_folder) if model_folder is not None else None
-    model = tuple((name, source_digest(folder / name)) for name in MODEL_FILES if (folder / name).is_file()) if folder and folder.is_dir() else ()
+    data = config.data
+    folder = Path(model_folder) if model_folder is not None and Path(model_folder).is_dir() else None
+    model = tuple((name, source_digest(folder / name)) for name in MODEL_FILES if (folder / name).is_file()) if folder else ()
     return InputDigests(of(data.pool), of(data.validation.paths), of(data.heldout.paths + data.test + data.heldout_exclude), model)
 
 

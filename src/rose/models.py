@@ -170,13 +170,17 @@ def _recheck_converted(gguf: Path, out: Path) -> None:
     """Keep a folder converted before the tokenizer check if its tokenizer passes it against this
     transformers' conversion; else remove it, to be converted again (and checked)."""
     try:
-        converted = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        check_converted_tokenizer(AutoTokenizer.from_pretrained(out), converted, gguf, _gguf_adds_bos(gguf))
+        _check_and_mark(out, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), gguf)
     except InputError as e:
         log.warning("%s: %s; converting it again", out, e)
         shutil.rmtree(out)
-        return
-    (out / TOKENIZER_CHECKED).write_text(transformers.__version__ + "\n")
+
+
+def _check_and_mark(folder: Path, converted: PreTrainedTokenizerBase, gguf: Path) -> None:
+    """Check the tokenizer saved in `folder` against this transformers' conversion of the GGUF file
+    (`check_converted_tokenizer`), then mark the folder checked (`TOKENIZER_CHECKED`)."""
+    check_converted_tokenizer(AutoTokenizer.from_pretrained(folder), converted, gguf, _gguf_adds_bos(gguf))
+    (folder / TOKENIZER_CHECKED).write_text(transformers.__version__ + "\n")
 
 
 def _write_converted(gguf: Path, out: Path) -> None:
@@ -192,8 +196,7 @@ def _write_converted(gguf: Path, out: Path) -> None:
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        check_converted_tokenizer(AutoTokenizer.from_pretrained(tmp), tokenizer, gguf, _gguf_adds_bos(gguf))
-        (Path(tmp) / TOKENIZER_CHECKED).write_text(transformers.__version__ + "\n")
+        _check_and_mark(tmp, tokenizer, gguf)
 
 
 #: English text that any sub-word tokenizer cuts into about one token per word (SmolLM2's and
