@@ -20,14 +20,16 @@ from .adam import AdamMoments
 
 #: Rows (examples) per program and buckets per row: a program reads its chunk of the table (order,
 #: signs) and of Adam's moments once for all its rows, and more rows mean fewer programs to spread
-#: over the GPU's multiprocessors; which balance is fastest depends on the card and the segment's
-#: size, so each (segment width, sketch width) picks its own on first use. (1, 1024) reads the table
-#: once per example, as the kernel first did: the others must beat it to be chosen.
+#: over the GPU's multiprocessors; which balance is fastest depends on the card, the segment's size
+#: and the number of examples, so each (segment width, sketch width, batch rounded up to a power of
+#: two) picks its own on first use: on an H200 the best shape for 4 examples takes 1.6x the best
+#: time at 32 (`benchmarks/sketch_shapes.py`). (1, 1024) reads the table once per example, as the
+#: kernel first did: the others must beat it to be chosen.
 SHAPES = [(1, 1024, 4), (1, 256, 4), (2, 512, 4), (4, 256, 4), (4, 512, 8), (8, 256, 8), (16, 128, 4)]
 
 
 @triton.jit
-def _adam_sketch(g_ptr, m_ptr, v_ptr, order_ptr, signs_ptr, out_ptr, B, D, d, stride_g, stride_out, beta1, beta2, eps,
+def _adam_sketch(g_ptr, m_ptr, v_ptr, order_ptr, signs_ptr, out_ptr, B, B_CLASS, D, d, stride_g, stride_out, beta1, beta2, eps,
                  CHUNKS: tl.constexpr, ADAM: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     buckets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -49,7 +51,7 @@ def _adam_sketch(g_ptr, m_ptr, v_ptr, order_ptr, signs_ptr, out_ptr, B, D, d, st
 
 _tuned_adam_sketch = triton.autotune(
     configs=[triton.Config({"ROWS": rows, "BLOCK": block}, num_warps=warps) for rows, block, warps in SHAPES],
-    key=["D", "d", "ADAM"])(_adam_sketch)
+    key=["B_CLASS", "D", "d", "ADAM"])(_adam_sketch)
 
 
 def adam_sketch(g: torch.Tensor, order: torch.Tensor, signs: torch.Tensor, per_bucket: int,
@@ -63,7 +65,8 @@ def adam_sketch(g: torch.Tensor, order: torch.Tensor, signs: torch.Tensor, per_b
     out = torch.empty(batch, d, device=g.device, dtype=torch.float32)
     m, v, beta1, beta2, eps = (adam.exp_avg, adam.exp_avg_sq, adam.beta1, adam.beta2, adam.eps) if adam is not None else (g, g, 0.0, 0.0, 0.0)
     grid = lambda meta: (triton.cdiv(batch, meta["ROWS"]), triton.cdiv(d, meta["BLOCK"]))  # noqa: E731 - Triton's grid idiom
-    args = (g, m, v, order, signs, out, batch, width, d, g.stride(0), out.stride(0), beta1, beta2, eps)
+    batch_class = 1 << max(batch - 1, 0).bit_length()  # the autotuner's key only: 3 -> 4, 32 -> 32, 33 -> 64
+    args = (g, m, v, order, signs, out, batch, batch_class, width, d, g.stride(0), out.stride(0), beta1, beta2, eps)
     if shape is None:
         _tuned_adam_sketch[grid](*args, CHUNKS=per_bucket, ADAM=adam is not None)
     else:
