@@ -37,9 +37,9 @@ Modes (all timed on the same model, in this order):
   rose_plain_eager rose's engine, plain gradients, sparse projection to d, L2 norm (val-grads), eager
   rose_adam_eager  rose's engine, Adam direction m'/sqrt(v'+eps) + sparse projection fused, L2
                    norm: the train-grads stage, eager
-  then, on a GPU, with the decoder's LoRA-free blocks compiled (`models.compile_lora_free_blocks`,
-  as rose's gradient stages run; Bergson's hooks sit on the LoRA layers, which stay eager, so the
-  same compiled blocks serve both):
+  then, on a GPU, with the decoder's LoRA-free blocks and rotary embedding compiled
+  (`models.compile_lora_free_blocks`, `compile_rotary_embedding`, as rose's gradient stages run;
+  Bergson's hooks sit on the LoRA layers, which stay eager, so the same compiled code serves both):
   bergson_adam_compiled, rose_adam (the train-grads stage as it runs)
 Fair pairs: eager against eager and compiled against compiled. Every mode is warmed up on the
 first `--warmup-examples` examples (twice for compiled modes: dynamic-shape recompiles), then
@@ -89,7 +89,7 @@ from rose.grads.adam import AdamMoments
 from rose.grads.losses import SFTLoss
 from rose.grads.project import SparseProjector
 from rose.grads.sinks import ProjectedFeatures
-from rose.models import compile_lora_free_blocks, lora_parameters
+from rose.models import compile_lora_free_blocks, compile_rotary_embedding, lora_parameters
 
 logging.getLogger("CollectorComputer").disabled = True  # logs all 256 module names on every pass
 
@@ -275,7 +275,7 @@ def main() -> None:
                         "ProjectedFeatures -> a preallocated CPU [N, d] tensor",
                  "batching": f"token_packs: at most {args.batch_tokens} tokens per packed row, no padding",
                  "adam_mode": "m'/sqrt(v'+eps), m' = 0.9 m + 0.1 g, v' = 0.999 v + 0.001 g^2 (fused with the sketch on GPU)",
-                 "compiled": "eager in the *_eager modes; rose_adam with the LoRA-free blocks compiled (on a GPU)"},
+                 "compiled": "eager in the *_eager modes; rose_adam and bergson_adam_compiled with the LoRA-free blocks and the rotary embedding compiled (on a GPU)"},
         "moments": "m ~ N(0, 1e-4^2), v ~ U(0, 1e-8) per LoRA weight (seed 0); Bergson's normalizer uses the same v",
         "timing": f"each mode warmed up on the first {args.warmup_examples} examples, then timed {args.repeats} times on all; "
                   "seconds is the median (Bergson's seconds_excl_write: the median of each pass less its normaliser write); "
@@ -347,6 +347,7 @@ def main() -> None:
     measure("rose_adam_eager", *rose_mode("adam"))
     if device.type == "cuda":
         report["rose"]["compiled_blocks"] = compile_lora_free_blocks(model)
+        report["rose"]["compiled_rope"] = bool(compile_rotary_embedding(model))
         check_rose("")
         measure("bergson_adam_compiled", berg["adam"], berg_warm["adam"], warmups=2, run=berg["adam"])
         measure("rose_adam", *rose_mode("adam"), warmups=2)

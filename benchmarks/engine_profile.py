@@ -30,7 +30,7 @@ from rose.grads.adam import AdamMoments
 from rose.grads.losses import SFTLoss
 from rose.grads.project import SparseProjector
 from rose.grads.sinks import ProjectedFeatures
-from rose.models import compile_lora_free_blocks, lora_parameters
+from rose.models import compile_lora_free_blocks, compile_rotary_embedding, lora_parameters
 
 #: (category, pattern on the lower-cased kernel name), first match wins
 CATEGORIES = [
@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=6144)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--top", type=int, default=15, help="Kernels printed by time (the JSON keeps them all).")
+    parser.add_argument("--eager-rope", action="store_true",
+                        help="Leave the rotary embedding eager (as before it was compiled with the blocks), to compare.")
     parser.add_argument("--trace", help="Also write the Chrome trace here (large).")
     parser.add_argument("--out", default="docs/benchmarks/engine_profile.json")
     args = parser.parse_args()
@@ -99,6 +101,7 @@ def main() -> None:
                           (torch.rand(sum(segments), generator=gen) * 1e-8).to(device), 0.9, 0.999, 1e-8)
     sink = ProjectedFeatures(SparseProjector(segments, args.dim, 0), moments)
     compiled = compile_lora_free_blocks(model) if device.type == "cuda" else 0
+    rope = compile_rotary_embedding(model) if device.type == "cuda" and not args.eager_rope else 0
 
     def engine_pass() -> None:
         for _, parts in engine.per_example_grads(model, names, examples, SFTLoss(), args.batch_tokens, device):
@@ -127,7 +130,7 @@ def main() -> None:
     tokens = sum(len(e) for e in examples)
     flops = 4 * (body * tokens + head * sum(response_positions(e) for e in examples))
     report = {
-        "card": card, "torch": torch.__version__, "arch": args.arch, "dtype": str(dtype), "compiled_blocks": compiled,
+        "card": card, "torch": torch.__version__, "arch": args.arch, "dtype": str(dtype), "compiled_blocks": compiled, "compiled_rope": bool(rope),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "trace")},
         "examples": len(examples), "tokens": tokens, "pass_seconds": unprofiled,
         "examples_per_s": len(examples) / unprofiled,
@@ -140,7 +143,7 @@ def main() -> None:
                     for n, us in sorted(kernels.items(), key=lambda kv: -kv[1])],
         "notes": "kernel time from one profiled pass; pass_seconds from the unprofiled pass before it",
     }
-    print(f"{card}, {args.arch}, {len(examples)} examples ({tokens} tokens), {compiled} compiled blocks: "
+    print(f"{card}, {args.arch}, {len(examples)} examples ({tokens} tokens), {compiled} compiled blocks, RoPE {'compiled' if rope else 'eager'}: "
           f"{unprofiled:.3f} s a pass, {len(examples) / unprofiled:.1f} ex/s, floor {report['floor_fraction']:.1%} "
           f"(measured {tflops:.0f} TFLOP/s) / {report['floor_fraction_spec']:.1%} (spec {spec:.0f})")
     print(f"kernels {busy:.3f} s; GPU idle {report['gpu_idle_share_of_wall']:.1%} of wall\n")

@@ -23,9 +23,9 @@ Prints a table and writes JSON. Modes, all on the same card:
                  (exact); the sparse mode runs the Adam direction and the sketch as one Triton
                  kernel on a GPU (engine_sparse_unfused: op by op)
   engine_sparse_eager, packed_fwd_bwd: before the blocks are compiled
-On a GPU the decoder's LoRA-free blocks are compiled (`models.compile_lora_free_blocks`, as the
-gradient stages run) for the engine modes, packed_fwd_bwd_compiled and both LESS loops, which
-run the same decoder layers.
+On a GPU the decoder's LoRA-free blocks and its rotary embedding are compiled
+(`models.compile_lora_free_blocks`, `compile_rotary_embedding`, as the gradient stages run) for
+the engine modes, packed_fwd_bwd_compiled and both LESS loops, which run the same decoder layers.
 
 Every mode runs once to warm up and is then timed `--repeats` times (default 3); the JSON keeps
 each repeat's seconds and the tables use the median. Default counts, chosen to keep the default
@@ -70,7 +70,14 @@ from rose.grads.adam import AdamMoments, adam_direction
 from rose.grads.losses import SFTLoss, response_logprobs, sft_losses
 from rose.grads.project import DenseProjector, SparseProjector
 from rose.grads.sinks import ExactCosines, ProjectedFeatures
-from rose.models import add_lora, compile_lora_free_blocks, lora_parameters, set_adapter_dtype
+from rose.models import (
+    add_lora,
+    compile_lora_free_blocks,
+    compile_rotary_embedding,
+    eager_rotary_embedding,
+    lora_parameters,
+    set_adapter_dtype,
+)
 
 ARCHS = {
     "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -299,7 +306,8 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops, spec) -> dict:
     rose_logits = sum(response_positions(e) for e in examples)
     for name, fn in eager + (compiled if device.type == "cuda" else []):
         if name == compiled[0][0]:  # as every pass runs on a GPU (model.compile_blocks)
-            print(f"  {arch:14s} compiled {compile_lora_free_blocks(model)} LoRA-free blocks", flush=True)
+            print(f"  {arch:14s} compiled {compile_lora_free_blocks(model)} LoRA-free blocks"
+                  f"{' and the rotary embedding' if compile_rotary_embedding(model) else ''}", flush=True)
             check_engine("")
             fn()  # a second warm-up: dynamic-shape recompiles
         fn()  # warm-up
@@ -345,6 +353,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops, spec) -> dict:
         "peak_memory_gb": modes["engine_sparse"]["peak_memory_gb"],
         "fastest_engine_mode": best,
     })
+    eager_rotary_embedding(model)  # the next architecture's eager modes run eager (the compiled function is a family-wide global)
     return results
 
 

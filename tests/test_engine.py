@@ -182,13 +182,17 @@ def test_per_sequence_products_sum_each_sequences_tokens(dtype, width):
         start += n
 
 
-def test_compiled_lora_free_blocks_leave_per_example_grads_unchanged():
-    """Compiling the norms and MLPs (as the gradient stages do on a GPU) keeps the LoRA layers
+def test_compiled_blocks_and_rotary_embedding_leave_per_example_grads_unchanged(monkeypatch):
+    """Compiling the norms, MLPs and RoPE (as the gradient stages do on a GPU) keeps the LoRA layers
     visible to the engine's hooks: the same per-example gradients, on a small random Llama."""
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama import modeling_llama
 
     from rose.config import LoraConfig
-    from rose.models import add_lora, compile_lora_free_blocks
+    from rose.models import add_lora, compile_lora_free_blocks, compile_rotary_embedding, eager_rotary_embedding
+
+    eager_rope = modeling_llama.apply_rotary_pos_emb
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", eager_rope)  # restored after the test: the patch is process-wide
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -208,7 +212,11 @@ def test_compiled_lora_free_blocks_leave_per_example_grads_unchanged():
     eager = grads()
     assert compile_lora_free_blocks(model) == 2 * 3 + 1  # per layer: two norms and the MLP; the final norm
     assert compile_lora_free_blocks(model) == 0  # already compiled
+    assert compile_rotary_embedding(model) == 1
+    assert compile_rotary_embedding(model) == 0
+    assert modeling_llama.apply_rotary_pos_emb is not eager_rope  # the global LlamaAttention.forward looks up at each call
     assert _rel_err(grads(), eager) < 1e-5
+    assert eager_rotary_embedding(model) == 1 and modeling_llama.apply_rotary_pos_emb is eager_rope
 
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -174,7 +174,7 @@ class ModelConfig(Section):
                        check=one_of("error", "skip"))
     trust_remote_code: bool = _f(False, "Allow model repositories to run their own code (off unless you trust them).")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) for hub ids.", check=optional(nonempty_text))
-    compile_blocks: bool = _f(True, "On a GPU, torch.compile the decoder's norms and MLPs once the model is loaded, for every "
+    compile_blocks: bool = _f(True, "On a GPU, torch.compile the decoder's norms, MLPs and rotary embedding once the model is loaded, for every "
                                     "training, gradient and evaluation pass (faster; a one-off compile of tens of seconds; "
                                     "docs/benchmarks.md). Set false if compilation fails for your model or platform.")
     kwargs: dict[str, Any] = _f({}, "Extra keyword arguments for the model's from_pretrained, e.g. "

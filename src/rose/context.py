@@ -34,6 +34,7 @@ from .keys import InputDigests, KeyParts, fingerprint, input_digests, stage_keys
 from .models import (
     add_lora,
     compile_lora_free_blocks,
+    compile_rotary_embedding,
     load_adapter_weights,
     load_model,
     load_tokenizer,
@@ -92,7 +93,7 @@ class ModelHandle:
     @cached_property
     def model(self) -> PeftModel:
         """The base model with (freshly initialised, seeded) LoRA adapters; on a GPU with
-        model.compile_blocks, its LoRA-free blocks compiled for every pass that follows.
+        model.compile_blocks, its LoRA-free blocks and rotary embedding compiled for every pass that follows.
 
         A sharded model is read into host memory, given its fresh adapters whole (kept, see
         `fresh_adapters`), then sharded onto the device layer by layer."""
@@ -102,8 +103,10 @@ class ModelHandle:
             self._fresh = {name: p.detach().clone() for name, p in self._reset_adapters(model).items()}
             shard_model(model, self.device)
         quantized = getattr(model.get_base_model(), "hf_quantizer", None) is not None  # its kernels are not traced
-        if self.config.compile_blocks and self.device.type == "cuda" and not quantized and (n := compile_lora_free_blocks(model)):
-            log.info("compiled %d LoRA-free decoder blocks", n)
+        if self.config.compile_blocks and self.device.type == "cuda" and not quantized:
+            blocks, rope = compile_lora_free_blocks(model), compile_rotary_embedding(model)
+            if blocks or rope:
+                log.info("compiled %d LoRA-free decoder blocks%s", blocks, " and the rotary embedding" if rope else "")
         return model
 
     @cached_property
