@@ -67,6 +67,27 @@ def kernel_times(prof, on_gpu: bool) -> dict[str, float]:
     return times
 
 
+def kernel_summary(kernels: dict[str, float]) -> dict:
+    """{"categories": seconds and share of kernel time by category, "kernels": every kernel by time}."""
+    busy = sum(kernels.values()) / 1e6
+    by_category: dict[str, float] = {}
+    for name, us in kernels.items():
+        by_category[category(name)] = by_category.get(category(name), 0.0) + us / 1e6
+    return {"categories": {k: {"seconds": s, "share_of_kernels": s / busy if busy else 0.0}
+                           for k, s in sorted(by_category.items(), key=lambda kv: -kv[1])},
+            "kernels": [{"name": n, "seconds": us / 1e6, "category": category(n)}
+                        for n, us in sorted(kernels.items(), key=lambda kv: -kv[1])]}
+
+
+def print_summary(summary: dict, top: int) -> None:
+    print(f"{'category':32s} {'seconds':>9s} {'share':>7s}")
+    for name, row in summary["categories"].items():
+        print(f"{name:32s} {row['seconds']:9.4f} {row['share_of_kernels']:7.1%}")
+    print(f"\n{'top kernels':90s} {'seconds':>9s}")
+    for row in summary["kernels"][:top]:
+        print(f"{row['name'][:90]:90s} {row['seconds']:9.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="llama-3.1-8b", choices=list(ARCHS))
@@ -123,9 +144,6 @@ def main() -> None:
 
     kernels = kernel_times(prof, device.type == "cuda")
     busy = sum(kernels.values()) / 1e6
-    by_category: dict[str, float] = {}
-    for name, us in kernels.items():
-        by_category[category(name)] = by_category.get(category(name), 0.0) + us / 1e6
     body, head = floor_params(model)
     tokens = sum(len(e) for e in examples)
     flops = 4 * (body * tokens + head * sum(response_positions(e) for e in examples))
@@ -137,22 +155,14 @@ def main() -> None:
         "floor_fraction": flops / (tflops * 1e12) / unprofiled, "floor_fraction_spec": flops / (spec * 1e12) / unprofiled,
         "matmul_tflops_bf16": tflops, "spec_tflops_bf16": spec,
         "kernel_seconds": busy, "gpu_idle_share_of_wall": max(0.0, 1 - busy / unprofiled),
-        "categories": {k: {"seconds": s, "share_of_kernels": s / busy if busy else 0.0}
-                       for k, s in sorted(by_category.items(), key=lambda kv: -kv[1])},
-        "kernels": [{"name": n, "seconds": us / 1e6, "category": category(n)}
-                    for n, us in sorted(kernels.items(), key=lambda kv: -kv[1])],
+        **kernel_summary(kernels),
         "notes": "kernel time from one profiled pass; pass_seconds from the unprofiled pass before it",
     }
     print(f"{card}, {args.arch}, {len(examples)} examples ({tokens} tokens), {compiled} compiled blocks, RoPE {'compiled' if rope else 'eager'}: "
           f"{unprofiled:.3f} s a pass, {len(examples) / unprofiled:.1f} ex/s, floor {report['floor_fraction']:.1%} "
           f"(measured {tflops:.0f} TFLOP/s) / {report['floor_fraction_spec']:.1%} (spec {spec:.0f})")
     print(f"kernels {busy:.3f} s; GPU idle {report['gpu_idle_share_of_wall']:.1%} of wall\n")
-    print(f"{'category':32s} {'seconds':>9s} {'share':>7s}")
-    for name, row in report["categories"].items():
-        print(f"{name:32s} {row['seconds']:9.4f} {row['share_of_kernels']:7.1%}")
-    print(f"\n{'top kernels':90s} {'seconds':>9s}")
-    for row in report["kernels"][:args.top]:
-        print(f"{row['name'][:90]:90s} {row['seconds']:9.4f}")
+    print_summary(report, args.top)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

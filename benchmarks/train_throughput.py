@@ -7,8 +7,10 @@ lengths follow the real pool (`pool_lengths.py`), token ids are random.
 
     python benchmarks/train_throughput.py --lengths lengths.json --out docs/benchmarks/train_throughput.json
 
-Prints a table (examples/s, tokens/s, peak memory for each micro-batch budget) and, with
---profile, the kernels that take the GPU's time in one training step; writes JSON.
+On a GPU the decoder's LoRA-free blocks and rotary embedding are compiled, as the stages run them
+(`--eager` leaves them eager). Prints a table (examples/s, tokens/s, peak memory for each
+micro-batch budget) and, with --profile, the GPU's kernel time by category over four training
+steps (`engine_profile.py`'s categories); writes JSON.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from engine_profile import kernel_summary, kernel_times, print_summary
 from grad_throughput import build, make_examples, timed
 
 from rose.config import TrainConfig
 from rose.distributed import Dist
 from rose.grads import engine
-from rose.models import set_adapter_dtype
+from rose.models import compile_lora_free_blocks, compile_rotary_embedding, set_adapter_dtype
 from rose.train import train_lora
 
 
@@ -47,7 +50,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="Examples per optimizer step.")
     parser.add_argument("--micro-tokens", type=int, nargs="+", default=[16384, 65536])
     parser.add_argument("--eval-tokens", type=int, default=32768, help="Token budget of the evaluation forward pass.")
-    parser.add_argument("--profile", action="store_true", help="Print the top kernels of a few training steps.")
+    parser.add_argument("--profile", action="store_true", help="Kernel time by category over four training steps.")
+    parser.add_argument("--eager", action="store_true", help="Leave the LoRA-free blocks and RoPE eager on a GPU.")
     parser.add_argument("--out", default="docs/benchmarks/train_throughput.json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,9 +60,10 @@ def main() -> None:
     print(f"device: {card}, torch {torch.__version__}", flush=True)
     lengths = json.loads(Path(args.lengths).read_text())
     model = build(args.arch, args.rank, args.alpha, device, dtype)
+    compiled = device.type == "cuda" and not args.eager and (compile_lora_free_blocks(model), compile_rotary_embedding(model)) != (0, 0)
     examples = make_examples(lengths, min(args.examples, len(lengths)), args.max_len, model.config.vocab_size, 0)
     tokens = sum(len(e) for e in examples)
-    report: dict = {"card": card, "torch": torch.__version__, "arch": args.arch, "lora_r": args.rank,
+    report: dict = {"card": card, "torch": torch.__version__, "arch": args.arch, "lora_r": args.rank, "compiled": compiled,
                     "weights": "random (built from the architecture config); speed does not depend on weight values",
                     "examples": len(examples), "mean_tokens": tokens / len(examples), "batch_size": args.batch_size,
                     "modes": {}}
@@ -87,8 +92,9 @@ def main() -> None:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
             train_pass(model, warm, settings)
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=25), flush=True)
+        summary = kernel_summary(kernel_times(prof, device.type == "cuda"))
+        report["profile"] = {"steps": len(warm) // args.batch_size, "micro_batch_tokens": args.micro_tokens[-1], **summary}
+        print_summary(summary, 25)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
