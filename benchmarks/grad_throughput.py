@@ -14,6 +14,9 @@ Prints a table and writes JSON. Modes, all on the same card:
                  turned into Adam's direction, buffered, and projected 16 at a time ([16, D] blocks,
                  float16) by the dense Rademacher kernel; the headline baseline
   less_loop_noproj  the same loop with the projection left out (as if it were free)
+  less_loop_trak the same loop with TRAK's own CudaProjector (its `fast_jl` kernel) as LESS runs
+                 it, where `traker` and `fast_jl` import (`benchmarks/build_fast_jl.sh` builds
+                 them): the fair LESS baseline
   forward        batched forward only, no gradients (a lower bound on any method's time)
   batched_fwd_bwd  batched forward + backward of the summed loss, no per-example gradients, in
                  padded batches cut by `token_batches` (how training batches)
@@ -23,6 +26,9 @@ Prints a table and writes JSON. Modes, all on the same card:
                  (exact); the sparse mode runs the Adam direction and the sketch as one Triton
                  kernel on a GPU (engine_sparse_unfused: op by op)
   engine_sparse_eager, packed_fwd_bwd: before the blocks are compiled
+  engine_sparse_matched  the sparse sketch at --matched-dim (32768), whose top-5% agreement with
+                 exact scores matches the dense projection's at --dim: the fidelity-matched pair
+                 against less_loop_trak
 On a GPU the decoder's LoRA-free blocks and its rotary embedding are compiled
 (`models.compile_lora_free_blocks`, `compile_rotary_embedding`, as the gradient stages run) for
 the engine modes, packed_fwd_bwd_compiled and both LESS loops, which run the same decoder layers.
@@ -60,7 +66,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from less_baseline import PROJECT_INTERVAL, less_features
+from less_baseline import PROJECT_INTERVAL, less_features, trak_projector
 from transformers import AutoModelForCausalLM
 
 from rose.config import LoraConfig
@@ -299,6 +305,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops, spec) -> dict:
     sinks = {"engine_sparse": ProjectedFeatures(sparse, moments),
              "engine_sparse_unfused": ProjectedFeatures(sparse, moments, fuse=False),
              "engine_dense": ProjectedFeatures(dense, moments),
+             "engine_sparse_matched": ProjectedFeatures(SparseProjector(segments, args.matched_dim, 0), moments),
              "engine_exact": ExactCosines(targets, moments)}
     eager = [("forward", forward_only), ("batched_fwd_bwd", fwd_bwd), ("packed_fwd_bwd", packed_fwd_bwd),
              ("engine_sparse_eager", lambda: engine_pass(sinks["engine_sparse"]))]
@@ -326,6 +333,13 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops, spec) -> dict:
     model.zero_grad()
     measure("less_loop", lambda: less_features(model, plist, loop, pad, moments, dense), loop, sum(len(e) for e in loop))
     measure("less_loop_noproj", lambda: less_features(model, plist, loop, pad, moments, None), loop, sum(len(e) for e in loop))
+    trak = trak_projector(sum(segments), args.dim, device)
+    if trak is not None:  # LESS as it runs: TRAK's fast_jl kernel; its matrix is its own, so only its rows' shape and norms are checked
+        rows = less_features(model, plist, first, pad, moments, trak)
+        results["less_loop_trak_rows"] = list(rows.shape)
+        print(f"  {arch:14s} LESS loop with TRAK's fast_jl: {tuple(rows.shape)} rows, norms {rows.norm(dim=1).min():.3g}-{rows.norm(dim=1).max():.3g}", flush=True)
+        model.zero_grad()
+        measure("less_loop_trak", lambda: less_features(model, plist, loop, pad, moments, trak), loop, sum(len(e) for e in loop))
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -353,6 +367,12 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops, spec) -> dict:
         "peak_memory_gb": modes["engine_sparse"]["peak_memory_gb"],
         "fastest_engine_mode": best,
     })
+    if "less_loop_trak" in modes:  # the fair pairs: dense against dense, and the same top-5% fidelity (projection_fidelity.json)
+        trak_rate = modes["less_loop_trak"]["examples_per_s"]
+        results.update({"trak_examples_per_s": trak_rate,
+                        "speedup_dense_vs_trak": modes["engine_dense"]["examples_per_s"] / trak_rate,
+                        "speedup_sparse_vs_trak": engine_rate / trak_rate,
+                        "speedup_fidelity_matched_vs_trak": modes["engine_sparse_matched"]["examples_per_s"] / trak_rate})
     eager_rotary_embedding(model)  # the next architecture's eager modes run eager (the compiled function is a family-wide global)
     return results
 
@@ -370,6 +390,9 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=2048)
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--alpha", type=float, default=512)
+    parser.add_argument("--matched-dim", type=int, default=32768,
+                        help="Sketch width of engine_sparse_matched: the sparse sketch whose top-5%% overlap with exact scores "
+                             "matches or beats the dense projection at --dim (docs/benchmarks/projection_fidelity.json).")
     parser.add_argument("--dim", type=int, default=8192)
     parser.add_argument("--targets", type=int, default=10, help="Validation targets for exact scoring.")
     parser.add_argument("--batch-tokens", type=int, default=6144)

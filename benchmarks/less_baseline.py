@@ -12,13 +12,15 @@ What LESS does, and where it says so (princeton-nlp/LESS at commit 1e4afda,
   `trak/projectors.py`, `CudaProjector.project`: one `fast_jl.project_rademacher_16` kernel, a
   dense Rademacher matrix hashed on the fly, for a batch of up to 16 rows); the projected rows
   go to the CPU.
-rose's `DenseProjector` plays TRAK's part: on a GPU it is the same kind of fused kernel (the
-matrix hashed in registers, `grads/rademacher_triton.py`), one launch per LoRA matrix.
+rose's `DenseProjector` can play TRAK's part (on a GPU it is the same kind of fused kernel, the
+matrix hashed in registers, `grads/rademacher_triton.py`, one launch per LoRA matrix), or TRAK's
+own `CudaProjector` does where its `fast_jl` extension is built (`trak_projector`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib.util
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -36,7 +38,7 @@ def less_features(
     examples: Sequence[Encoded],
     pad_id: int,
     moments: AdamMoments,
-    projector: Projector | None,
+    projector: Projector | Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> torch.Tensor | None:
     """[N, d] projected Adam directions of `examples`, on the CPU, computed as LESS computes them.
 
@@ -62,3 +64,16 @@ def less_features(
     if buffer:  # LESS projects what is left at the end the same way
         projected.append(projector(torch.stack(buffer).to(torch.float16)).cpu())
     return torch.cat(projected)
+
+
+def trak_projector(grad_dim: int, proj_dim: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """TRAK's CudaProjector set up as LESS sets it up (`collect_grad_reps.get_trak_projector` and
+    `collect_grads`: Rademacher, seed 0, at most 16 rows a call, model_id 0), as a callable
+    [B, D] float16 -> [B, d]; None off CUDA or where `traker` or its `fast_jl` kernel is missing."""
+    if device.type != "cuda" or importlib.util.find_spec("fast_jl") is None or importlib.util.find_spec("trak") is None:
+        return None
+    from trak.projectors import CudaProjector, ProjectionType
+
+    projector = CudaProjector(grad_dim=grad_dim, proj_dim=proj_dim, seed=0, proj_type=ProjectionType.rademacher,
+                              device=device, max_batch_size=PROJECT_INTERVAL)
+    return lambda x: projector.project(x, model_id=0)
