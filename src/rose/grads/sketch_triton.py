@@ -24,8 +24,11 @@ from .adam import AdamMoments
 #: and the number of examples, so each (segment width, sketch width, batch rounded up to a power of
 #: two) picks its own on first use: on an H200 the best shape for 4 examples takes 1.6x the best
 #: time at 32 (`benchmarks/sketch_shapes.py`). (1, 1024) reads the table once per example, as the
-#: kernel first did: the others must beat it to be chosen.
-SHAPES = [(1, 1024, 4), (1, 256, 4), (2, 512, 4), (4, 256, 4), (4, 512, 8), (8, 256, 8), (16, 128, 4)]
+#: kernel first did: the others must beat it to be chosen. The gathers are what the kernel waits on
+#: (a 2-byte value per 32-byte sector): the wide blocks (2048, 4096) let fewer programs share each
+#: chunk's d-wide window of a row, so the window leaves L2 fewer times.
+SHAPES = [(1, 1024, 4), (1, 256, 4), (2, 512, 4), (4, 256, 4), (4, 512, 8), (8, 256, 8), (16, 128, 4),
+          (1, 2048, 8), (2, 2048, 8), (4, 1024, 8), (1, 4096, 8)]
 
 
 @triton.jit
