@@ -60,7 +60,10 @@ def main() -> None:
     print(f"device: {card}, torch {torch.__version__}", flush=True)
     lengths = json.loads(Path(args.lengths).read_text())
     model = build(args.arch, args.rank, args.alpha, device, dtype)
-    compiled = device.type == "cuda" and not args.eager and (compile_lora_free_blocks(model), compile_rotary_embedding(model)) != (0, 0)
+    compiled = device.type == "cuda" and not args.eager
+    if compiled:  # as the stages run on a GPU (model.compile_blocks)
+        compile_lora_free_blocks(model)
+        compile_rotary_embedding(model)
     examples = make_examples(lengths, min(args.examples, len(lengths)), args.max_len, model.config.vocab_size, 0)
     tokens = sum(len(e) for e in examples)
     report: dict = {"card": card, "torch": torch.__version__, "arch": args.arch, "lora_r": args.rank, "compiled": compiled,
