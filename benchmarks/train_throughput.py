@@ -9,8 +9,14 @@ lengths follow the real pool (`pool_lengths.py`), token ids are random.
 
 On a GPU the decoder's LoRA-free blocks and rotary embedding are compiled, as the stages run them
 (`--eager` leaves them eager). Prints a table (examples/s, tokens/s, peak memory for each
-micro-batch budget) and, with --profile, the GPU's kernel time by category over four training
+micro-batch budget, and the share of the FLOP floor at the card's measured bf16 matmul rate and at
+its data-sheet peak) and, with --profile, the GPU's kernel time by category over four training
 steps (`engine_profile.py`'s categories); writes JSON.
+
+The floor counts the matmuls that cannot be avoided: a training step with frozen base weights is a
+forward and a backward to the activations (4 x body parameters x tokens; the LoRA weights'
+own gradients are a rounding error), plus the LM head at the response positions where logits are
+formed; the evaluation pass is a forward only (2 x).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 import torch
 from engine_profile import kernel_summary, kernel_times, print_summary
-from grad_throughput import build, make_examples, timed
+from grad_throughput import build, floor_params, make_examples, matmul_tflops, response_positions, spec_tflops, timed
 
 from rose.config import TrainConfig
 from rose.distributed import Dist
@@ -65,29 +71,38 @@ def main() -> None:
         compile_lora_free_blocks(model)
         compile_rotary_embedding(model)
     examples = make_examples(lengths, min(args.examples, len(lengths)), args.max_len, model.config.vocab_size, 0)
-    tokens = sum(len(e) for e in examples)
+    tokens, positions = sum(len(e) for e in examples), sum(response_positions(e) for e in examples)
+    tflops, spec = matmul_tflops(device), spec_tflops(card)
+    body, head = floor_params(model)
     report: dict = {"card": card, "torch": torch.__version__, "arch": args.arch, "lora_r": args.rank, "compiled": compiled,
                     "weights": "random (built from the architecture config); speed does not depend on weight values",
                     "examples": len(examples), "mean_tokens": tokens / len(examples), "batch_size": args.batch_size,
+                    "matmul_tflops_bf16": tflops, "spec_tflops_bf16": spec,
+                    "flop_floor": {"formula": "passes x (body_params x tokens + lm_head_params x logit_positions): 4 passes "
+                                   "for training (forward, backward to the activations), 2 for evaluation",
+                                   "body_params": body, "lm_head_params": head, "tokens": tokens, "logit_positions": positions},
                     "modes": {}}
 
-    def record(name: str, seconds: float, peak: float) -> None:
+    def record(name: str, seconds: float, peak: float, passes: int) -> None:
+        flops = passes * (body * tokens + head * positions)
         row = {"seconds": seconds, "examples_per_s": len(examples) / seconds, "tokens_per_s": tokens / seconds,
+               "floor_fraction": flops / (tflops * 1e12) / seconds, "floor_fraction_spec": flops / (spec * 1e12) / seconds,
                "peak_memory_gb": peak}
         report["modes"][name] = row
-        print(f"  {name:24s} {row['examples_per_s']:9.1f} ex/s {row['tokens_per_s']:11.0f} tok/s  peak {peak:6.1f} GB", flush=True)
+        print(f"  {name:24s} {row['examples_per_s']:9.1f} ex/s {row['tokens_per_s']:11.0f} tok/s  floor "
+              f"{row['floor_fraction']:6.1%} ({row['floor_fraction_spec']:6.1%} of spec)  peak {peak:6.1f} GB", flush=True)
 
     warm = examples[: 4 * args.batch_size]
     for micro in args.micro_tokens:
         settings = TrainConfig(epochs=1, lr=1e-4, batch_size=args.batch_size, micro_batch_tokens=micro)
         train_pass(model, warm, settings)  # kernels chosen, allocator settled
         seconds, peak = timed(lambda s=settings: train_pass(model, examples, s), device)
-        record(f"train_micro{micro}", seconds, peak)
+        record(f"train_micro{micro}", seconds, peak, 4)
     set_adapter_dtype(model, dtype)
     model.eval()
     engine.sequence_logprobs(model, warm, args.eval_tokens, device)
     seconds, peak = timed(lambda: engine.sequence_logprobs(model, examples, args.eval_tokens, device), device)
-    record("eval_logprobs", seconds, peak)
+    record("eval_logprobs", seconds, peak, 2)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
