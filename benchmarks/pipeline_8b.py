@@ -82,9 +82,9 @@ def write_config(args, model_dir: Path) -> Path:
             "test": [str(p) for p in sorted((data / "test/shp").glob("*.json.gz"))],
             "test_limit": args.tests,
         },
-        "warmup": {"fraction": 0.05, "epochs": 4, "lr": 2e-5, "batch_size": 64, "micro_batch_tokens": args.train_tokens},
+        "warmup": {"fraction": args.warmup_fraction, "epochs": 4, "lr": 2e-5, "batch_size": 64, "micro_batch_tokens": args.train_tokens},
         "gradients": {"projection": "sparse", "dim": 32768, "batch_tokens": args.grad_tokens},
-        "select": {"fraction": 0.05},
+        "select": {"fraction": args.select_fraction},
         "finetune": {"epochs": 1, "lr": 2e-5, "batch_size": 64, "micro_batch_tokens": args.train_tokens},
         "eval": {"batch_size": 8},
     }
@@ -124,6 +124,9 @@ def main() -> None:
     parser.add_argument("--work", required=True, help="Model folder, config and run directory go here.")
     parser.add_argument("--stages", nargs="*", help="Run only these stages now (default: every stage).")
     parser.add_argument("--pool", type=int, default=5000, help="Pool examples (seeded sample of the bundle's pool).")
+    parser.add_argument("--warmup-fraction", type=float, default=0.05,
+                        help="Share of the pool the warm-up trains on (0.4 of 5,000: 2,000 examples, a realistic run length).")
+    parser.add_argument("--select-fraction", type=float, default=0.05, help="Share of the pool selected and fine-tuned on.")
     parser.add_argument("--heldout", type=int, default=500, help="Held-out SHP pairs evaluated.")
     parser.add_argument("--tests", type=int, default=300, help="SHP test prompts evaluated.")
     parser.add_argument("--train-tokens", type=int, default=16384, help="Tokens per training micro-batch.")
