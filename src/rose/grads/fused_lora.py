@@ -42,8 +42,9 @@ def plain_adapter(layer: torch.nn.Module) -> str | None:
 def _fused_forward(layer: torch.nn.Module, peft_forward: Callable, record: Record | None) -> Callable:
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         adapter = plain_adapter(layer)
-        if adapter is None or kwargs.get("adapter_names") is not None:
+        if adapter is None or kwargs.get("adapter_names") is not None:  # a mixed batch of adapters: PEFT's own path
             return peft_forward(x, *args, **kwargs)
+        kwargs.pop("adapter_names", None)
         base = layer.base_layer(x, *args, **kwargs)
         if record is not None and torch.is_grad_enabled() and not base.requires_grad:
             base.requires_grad_(True)  # the first layer's input needs no gradient, but its LoRA weights do
