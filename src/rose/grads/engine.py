@@ -26,7 +26,7 @@ class LoraTaps:
     """Records, per LoRA weight (by parameter name), the input of its matrix product in the forward
     pass and a tensor whose gradient gives the product's output gradient: for A, x and A's output
     h; for B, h and the base layer's output, whose gradient is B's output gradient divided by the
-    adapter's scaling. The LoRA layers run the fused forward (`fused_lora.py`) while the taps are open.
+    adapter's scaling, as the fused forward (`fused_lora.py`) reports them to `keep`.
 
     Records are keyed by parameter name, so gradients come out in the order of `param_names` (the
     order of the moments and projection segments) whatever order the model calls its layers in.
@@ -35,7 +35,6 @@ class LoraTaps:
     """
 
     def __init__(self, model: torch.nn.Module, param_names: Sequence[str]) -> None:
-        self.model = model
         modules = dict(model.named_modules())
         self.params: dict[str, tuple[torch.nn.Module, str]] = {}
         for name in param_names:
@@ -45,18 +44,8 @@ class LoraTaps:
                 raise ValueError(f"{name} is not the A or B weight of a plain LoRA layer; cannot take per-example gradients")
             self.params[name] = (layer, kind)
         self.records: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = {}
-        self._fused = None
 
-    def __enter__(self) -> LoraTaps:
-        self._fused = fused_lora(self.model, self._keep)
-        self._fused.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._fused.__exit__(*exc)
-        self.records.clear()
-
-    def _keep(self, layer: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, base: torch.Tensor, scaling: float) -> None:
+    def keep(self, layer: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, base: torch.Tensor, scaling: float) -> None:
         if layer in self.records:
             raise RuntimeError(f"{type(layer).__name__}: a LoRA layer ran twice in one forward pass (shared weights); "
                                "per-example gradients need one call per LoRA layer")
@@ -136,7 +125,8 @@ def per_example_grads(
     packs = token_packs([sum(len(s) for s in loss.sequences(item)) for item in items], batch_tokens)
     mine = packs[rank::world]
     padding = -(-len(packs) // world) - len(mine)
-    with LoraTaps(model, param_names) as taps:
+    taps = LoraTaps(model, param_names)
+    with fused_lora(model, taps.keep):
         for k, idx in enumerate(mine + packs[-1:] * padding):
             batch = _to(pack([s for i in idx for s in loss.sequences(items[i])]), device)
             grads = taps.per_example_grads(loss(*response_logprobs(model, batch), idx), batch)

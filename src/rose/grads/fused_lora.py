@@ -65,8 +65,7 @@ def _fused_forward(layer: torch.nn.Module, peft_forward: Callable, record: Recor
 @contextlib.contextmanager
 def fused_lora(model: torch.nn.Module, record: Record | None = None) -> Iterator[list[torch.nn.Module]]:
     """Within the block, every LoRA layer of `model` runs the fused forward; yields the layers."""
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and isinstance(m, torch.nn.Module)
-              and isinstance(getattr(m, "base_layer", None), torch.nn.Module)]
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     before = [layer.__dict__.get("forward") for layer in layers]  # a forward set on the instance: kept underneath
     for layer in layers:
         layer.forward = _fused_forward(layer, layer.forward, record)
