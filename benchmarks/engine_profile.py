@@ -23,7 +23,17 @@ import time
 from pathlib import Path
 
 import torch
-from grad_throughput import ARCHS, build, floor_params, make_examples, matmul_tflops, response_positions, spec_tflops, sync
+from grad_throughput import (
+    ARCHS,
+    build,
+    floor_fractions,
+    floor_params,
+    make_examples,
+    matmul_tflops,
+    response_positions,
+    spec_tflops,
+    sync,
+)
 
 from rose.grads import engine
 from rose.grads.adam import AdamMoments
@@ -152,7 +162,7 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "trace")},
         "examples": len(examples), "tokens": tokens, "pass_seconds": unprofiled,
         "examples_per_s": len(examples) / unprofiled,
-        "floor_fraction": flops / (tflops * 1e12) / unprofiled, "floor_fraction_spec": flops / (spec * 1e12) / unprofiled,
+        **floor_fractions(flops, unprofiled, tflops, spec),
         "matmul_tflops_bf16": tflops, "spec_tflops_bf16": spec,
         "kernel_seconds": busy, "gpu_idle_share_of_wall": max(0.0, 1 - busy / unprofiled),
         **kernel_summary(kernels),

@@ -120,6 +120,11 @@ def spec_tflops(card: str) -> float:
     return next((rate for name, rate in SPEC_BF16_TFLOPS.items() if name in card), float("nan"))
 
 
+def floor_fractions(flops: float, seconds: float, tflops: float, spec: float) -> dict[str, float]:
+    """The share of the FLOP floor a pass of `seconds` reaches: at the measured matmul rate and at the data-sheet peak."""
+    return {"floor_fraction": flops / (tflops * 1e12) / seconds, "floor_fraction_spec": flops / (spec * 1e12) / seconds}
+
+
 def matmul_tflops(device: torch.device) -> float:
     """Measured bf16 matmul rate (8192^3, median of 10 after warm-up): the card's practical peak."""
     if device.type != "cuda":
@@ -243,14 +248,14 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops, spec) -> dict:
         seconds, peak = statistics.median(s for s, _ in runs), max(p for _, p in runs)
         n, n_tokens = len(items), sum(len(e) for e in items)
         flops = 4 * (body * n_tokens + head * logit_positions)
-        floor_s, fraction, fraction_spec = flops / (tflops * 1e12), flops / (tflops * 1e12) / seconds, flops / (spec * 1e12) / seconds
+        fractions = floor_fractions(flops, seconds, tflops, spec)
         modes[name] = {"seconds": seconds, "seconds_per_repeat": [s for s, _ in runs], "examples": n,
                        "tokens": n_tokens, "logit_positions": logit_positions, "examples_per_s": n / seconds,
-                       "tokens_per_s": n_tokens / seconds, "floor_seconds": floor_s,
-                       "floor_fraction": fraction, "floor_fraction_spec": fraction_spec, "peak_memory_gb": peak}
+                       "tokens_per_s": n_tokens / seconds, "floor_seconds": flops / (tflops * 1e12),
+                       **fractions, "peak_memory_gb": peak}
         spread = f"{min(s for s, _ in runs):.3f}-{max(s for s, _ in runs):.3f} s"
-        print(f"  {arch:14s} {name:24s} {n / seconds:9.2f} ex/s {n_tokens / seconds:11.0f} tok/s  floor {fraction:6.1%} "
-              f"({fraction_spec:6.1%} of spec)  peak {peak:6.1f} GB  ({args.repeats} repeats: {spread})", flush=True)
+        print(f"  {arch:14s} {name:24s} {n / seconds:9.2f} ex/s {n_tokens / seconds:11.0f} tok/s  floor {fractions['floor_fraction']:6.1%} "
+              f"({fractions['floor_fraction_spec']:6.1%} of spec)  peak {peak:6.1f} GB  ({args.repeats} repeats: {spread})", flush=True)
 
     check = examples[:4]
     want = torch.stack(list(oracle.sft_grads(model, plist, check, pad))).float()

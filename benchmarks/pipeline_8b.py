@@ -31,7 +31,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from grad_throughput import matmul_tflops, spec_tflops  # the card's bf16 rates, as the throughput benchmark takes them
+from grad_throughput import (  # the card's bf16 rates, as the throughput benchmark takes them
+    floor_fractions,
+    matmul_tflops,
+    spec_tflops,
+)
 from stage_table import stage_rows
 
 ARCHS = {
@@ -112,7 +116,7 @@ def stage_table(run_dir: Path, body: int, head: int, tflops: float, spec: float)
         if "examples" in row:
             passes = 2 if name in FORWARD_ONLY else 4
             flops = passes * (body * row["tokens"] + head * row["logit_positions"])
-            row |= {"floor_fraction": flops / (tflops * 1e12) / row["seconds"], "floor_fraction_spec": flops / (spec * 1e12) / row["seconds"],
+            row |= {**floor_fractions(flops, row["seconds"], tflops, spec),
                     "floor_kind": "forward" if passes == 2 else "forward+backward"}
     return rows
 

@@ -29,7 +29,16 @@ from pathlib import Path
 
 import torch
 from engine_profile import kernel_summary, kernel_times, print_summary
-from grad_throughput import build, floor_params, make_examples, matmul_tflops, response_positions, spec_tflops, timed
+from grad_throughput import (
+    build,
+    floor_fractions,
+    floor_params,
+    make_examples,
+    matmul_tflops,
+    response_positions,
+    spec_tflops,
+    timed,
+)
 
 from rose.config import TrainConfig
 from rose.distributed import Dist
@@ -86,8 +95,7 @@ def main() -> None:
     def record(name: str, seconds: float, peak: float, passes: int) -> None:
         flops = passes * (body * tokens + head * positions)
         row = {"seconds": seconds, "examples_per_s": len(examples) / seconds, "tokens_per_s": tokens / seconds,
-               "floor_fraction": flops / (tflops * 1e12) / seconds, "floor_fraction_spec": flops / (spec * 1e12) / seconds,
-               "peak_memory_gb": peak}
+               **floor_fractions(flops, seconds, tflops, spec), "peak_memory_gb": peak}
         report["modes"][name] = row
         print(f"  {name:24s} {row['examples_per_s']:9.1f} ex/s {row['tokens_per_s']:11.0f} tok/s  floor "
               f"{row['floor_fraction']:6.1%} ({row['floor_fraction_spec']:6.1%} of spec)  peak {peak:6.1f} GB", flush=True)
