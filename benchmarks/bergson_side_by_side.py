@@ -322,6 +322,13 @@ def main() -> None:
 
     check_rose("_eager")
 
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_report() -> None:
+        report["wall_seconds"] = time.perf_counter() - start
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
     def measure(name: str, fn, warm, warmups: int = 1, run: BergsonRun | None = None) -> None:
         for _ in range(warmups):
             warm()
@@ -334,6 +341,7 @@ def main() -> None:
         report["modes"][name] = {"seconds": seconds, "seconds_per_repeat": [s for s, _ in runs],
                                  "normalizer_write_seconds": statistics.median(writes), "seconds_excl_write": net,
                                  "tokens_per_s": tokens / net, "examples_per_s": len(examples) / net, "peak_memory_gb": peak}
+        write_report()  # after every mode: a run cut off early keeps the modes it finished
         print(f"  {name:22s} {tokens / net:9.0f} tok/s {len(examples) / net:8.2f} ex/s  peak {peak:6.1f} GB  "
               f"({args.repeats} repeats: {min(s for s, _ in runs):.3f}-{max(s for s, _ in runs):.3f} s"
               + (f", of which the normaliser write {statistics.median(writes):.3f} s" if run is not None else "") + ")", flush=True)
@@ -359,10 +367,7 @@ def main() -> None:
                          "eager: rose_plain_eager vs bergson_plain": rate["rose_plain_eager"] / rate["bergson_plain"]}
     if "rose_adam" in rate:
         report["speedup"]["compiled: rose_adam vs bergson_adam_compiled"] = rate["rose_adam"] / rate["bergson_adam_compiled"]
-    report["wall_seconds"] = time.perf_counter() - start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report()
     print(f"\n{arch}, {dtype}, {card}: {len(examples)} examples, {tokens} tokens, projection {d}")
     print(f"{'mode':22s} {'tok/s':>9s} {'ex/s':>8s} {'peak GB':>8s} {'median s':>9s} {'write s':>8s}")
     for name, m in modes.items():
