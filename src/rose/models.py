@@ -459,7 +459,7 @@ def compile_lora_free_blocks(model: PeftModel) -> int:
 
     Eager, their element-wise work (float32 RMSNorm, SiLU gate, residual casts) is a string of
     memory-bound kernels; compiled, each block's is one or two (docs/benchmarks.md measures the
-    gain). LoRA layers stay eager: the gradient engine records their tensors, and
+    gain). LoRA layers stay eager: the gradient engine's hooks watch them, and
     compiled code would hide the tensors it needs. Attention stays eager for its packed kernel.
     Shapes are dynamic (packs differ in length), so one compilation serves every pack.
     """

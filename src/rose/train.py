@@ -29,7 +29,6 @@ from .config import TrainConfig
 from .distributed import Dist, is_sharded, part_like, whole
 from .encoding import Encoded, collate, pack, token_batches, token_packs
 from .grads.adam import AdamMoments
-from .grads.fused_lora import fused_lora
 from .grads.losses import ResponseLogprobs, sft_losses
 from .models import lora_parameters
 from .numerics import check_losses, check_weights
@@ -143,7 +142,7 @@ def train_lora(
         return state
 
     bar = tqdm(total=total, initial=done * steps_per_epoch + first_step, desc="train", unit="step", disable=not dist_ctx.is_main)
-    with disable_input_dtype_casting(model, active=autocast_dtype is not None), fused_lora(model), bar:  # the bar ends its line, also on an error
+    with disable_input_dtype_casting(model, active=autocast_dtype is not None), bar:  # the bar ends its line, also on an error
         model.train()
         for epoch in range(done, cfg.epochs):
             order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()

@@ -2,54 +2,59 @@
 
 For a linear map y = x W^T, the gradient of a sum of per-example losses w.r.t. W, restricted to
 example b, is sum_t dy[b, t]^T x[b, t] over b's tokens. Examples are packed into one row with no
-padding (`encoding.pack`; attention stays within each, `attention.py`). Every LoRA layer runs
-a fused forward (`fused_lora.py`) that records, by parameter name, each LoRA product's input x
-and an output y whose gradient gives dy; one `autograd.grad` call returns them all at once (no
-.grad is written); per matrix, one grouped matrix product over the pack's contiguous token ranges
-forms every example's gradient. Examples don't interact
+padding (`encoding.pack`; attention stays within each, `attention.py`). Forward hooks on every
+LoRA `Linear` (lora_A and lora_B) keep x and y by parameter name; one `autograd.grad` call
+returns dy for all of them at once (no .grad is written); per module, one grouped matrix product
+over the pack's contiguous token ranges forms every example's gradient. Examples don't interact
 (no batch statistics), so group b of the result is exactly example b's gradient.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..encoding import Encoded, pack, token_packs
-from .fused_lora import fused_lora, plain_adapter
 from .losses import ItemLoss, response_logprobs
 
 
 class LoraTaps:
-    """Records, per LoRA weight (by parameter name), the input of its matrix product in the forward
-    pass and a tensor whose gradient gives the product's output gradient: for A, x and A's output
-    h; for B, h and the base layer's output, whose gradient is B's output gradient divided by the
-    adapter's scaling, as the fused forward (`fused_lora.py`) reports them to `keep`.
+    """Forward hooks that record the input and output of each LoRA weight's Linear module, by name.
 
     Records are keyed by parameter name, so gradients come out in the order of `param_names` (the
     order of the moments and projection segments) whatever order the model calls its layers in.
-    A layer called twice in one forward pass (shared weights) is an error: its gradient would be
+    A module called twice in one forward pass (shared weights) is an error: its gradient would be
     the sum over both calls, which one record cannot give.
     """
 
     def __init__(self, model: torch.nn.Module, param_names: Sequence[str]) -> None:
         modules = dict(model.named_modules())
-        self.params: dict[str, tuple[torch.nn.Module, str]] = {}
+        self.modules: dict[str, torch.nn.Module] = {}
         for name in param_names:
-            layer_name, kind, adapter, leaf = name.rsplit(".", 3) if name.count(".") >= 3 else ("", "", "", "")
-            layer = modules.get(layer_name)
-            if leaf != "weight" or kind not in ("lora_A", "lora_B") or layer is None or plain_adapter(layer) != adapter:
-                raise ValueError(f"{name} is not the A or B weight of a plain LoRA layer; cannot take per-example gradients")
-            self.params[name] = (layer, kind)
-        self.records: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = {}
+            owner = name.removesuffix(".weight")
+            if owner == name or not isinstance(modules.get(owner), torch.nn.Linear) or modules[owner].bias is not None:
+                raise ValueError(f"{name} is not the weight of a bias-free Linear; cannot take per-example gradients")
+            self.modules[name] = modules[owner]
+        self.records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles: list = []
 
-    def keep(self, layer: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, base: torch.Tensor, scaling: float) -> None:
-        if layer in self.records:
-            raise RuntimeError(f"{type(layer).__name__}: a LoRA layer ran twice in one forward pass (shared weights); "
+    def __enter__(self) -> LoraTaps:
+        self._handles = [m.register_forward_hook(functools.partial(self._keep, name)) for name, m in self.modules.items()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self.records.clear()
+
+    def _keep(self, name: str, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if name in self.records:
+            raise RuntimeError(f"{name}: its module ran twice in one forward pass (shared weights); "
                                "per-example gradients need one call per LoRA layer")
-        self.records[layer] = (x, h, base, scaling)
+        self.records[name] = (args[0], output)
 
     def per_example_grads(self, loss: torch.Tensor, batch: dict) -> Iterator[torch.Tensor]:
         """Per sequence of the packed batch, the gradient of `loss` (a sum over sequences), one LoRA
@@ -59,24 +64,19 @@ class LoraTaps:
         (bf16 on a GPU: the grouped product accumulates in float32; consumers upcast); only the
         segment being consumed is materialised. The forward pass's records are taken at once.
         """
-        missing = [name for name, (layer, _) in self.params.items() if layer not in self.records]
+        missing = [name for name in self.modules if name not in self.records]
         if missing:
             raise RuntimeError(f"{len(missing)} LoRA layers did not run in the forward pass, e.g. {missing[0]}")
         records, self.records = self.records, {}
-        products = []  # (input, output, scale of the input): A: x, h; B: h * scaling, the base output
-        for layer, kind in self.params.values():
-            x, h, base, scaling = records[layer]
-            products.append((x, h, 1.0) if kind == "lora_A" else (h, base, scaling))
-        return self._segments(products, loss, batch["cu_seq_lens"][1:])
+        return self._segments([records[name] for name in self.modules], loss, batch["cu_seq_lens"][1:])
 
     @staticmethod
-    def _segments(products: list[tuple[torch.Tensor, torch.Tensor, float]], loss: torch.Tensor,
-                  ends: torch.Tensor) -> Iterator[torch.Tensor]:
-        inputs, outputs, scales = zip(*products)
+    def _segments(records: list[tuple[torch.Tensor, torch.Tensor]], loss: torch.Tensor, ends: torch.Tensor) -> Iterator[torch.Tensor]:
+        inputs, outputs = zip(*records)
         grad_outputs = torch.autograd.grad(loss, outputs)
         with torch.no_grad():
-            for x, dy, scale in zip(inputs, grad_outputs, scales):
-                yield per_sequence_products(dy[0], x[0] * scale if scale != 1.0 else x[0], ends).flatten(1)
+            for x, dy in zip(inputs, grad_outputs):
+                yield per_sequence_products(dy[0], x[0], ends).flatten(1)
 
 
 def per_sequence_products(dy: torch.Tensor, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
@@ -125,8 +125,7 @@ def per_example_grads(
     packs = token_packs([sum(len(s) for s in loss.sequences(item)) for item in items], batch_tokens)
     mine = packs[rank::world]
     padding = -(-len(packs) // world) - len(mine)
-    taps = LoraTaps(model, param_names)
-    with fused_lora(model, taps.keep):
+    with LoraTaps(model, param_names) as taps:
         for k, idx in enumerate(mine + packs[-1:] * padding):
             batch = _to(pack([s for i in idx for s in loss.sequences(items[i])]), device)
             grads = taps.per_example_grads(loss(*response_logprobs(model, batch), idx), batch)
@@ -145,8 +144,7 @@ def sequence_logprobs(
     """([N] summed response log-probs, [N] response token counts) without gradients."""
     logps = torch.zeros(len(sequences), dtype=torch.float64)  # sums of many tokens: kept exact for DPO margins
     counts = torch.zeros(len(sequences), dtype=torch.long)
-    with fused_lora(model):
-        for idx in token_packs([len(s) for s in sequences], batch_tokens):
-            logp, n = response_logprobs(model, _to(pack([sequences[i] for i in idx]), device))
-            logps[idx], counts[idx] = logp.double().cpu(), n.cpu()
+    for idx in token_packs([len(s) for s in sequences], batch_tokens):
+        logp, n = response_logprobs(model, _to(pack([sequences[i] for i in idx]), device))
+        logps[idx], counts[idx] = logp.double().cpu(), n.cpu()
     return logps, counts
