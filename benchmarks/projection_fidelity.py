@@ -24,7 +24,7 @@ from rose.config import load_config
 from rose.context import Run
 from rose.grads import engine
 from rose.grads.losses import SFTLoss
-from rose.grads.project import make_projector
+from rose.grads.project import MAP_VERSION, make_projector
 from rose.grads.sinks import ExactCosines, ProjectedFeatures, RawGradients
 from rose.influence import aggregate, checkpoint_weights
 from rose.inputs import sample_indices
@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--sample", type=int, default=4000)
     parser.add_argument("--dims", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--kinds", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"])
+    parser.add_argument("--seeds", type=int, nargs="+", help="Projection seeds, each its own option (default: the config's).")
     parser.add_argument("--cache", help="Shared stage folder (as compare.cache_dir) to reuse a warm-up from.")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -62,8 +64,10 @@ def main() -> None:
     examples = [run.pool.encoded[i] for i in chosen]
     ckpts = run.checkpoints()
     weights = checkpoint_weights([c.mean_lr() for c in ckpts])
-    options = {f"{kind}-{dim}": (kind, dim) for dim in args.dims for kind in ("sparse", "dense")}
-    projectors = {name: make_projector(kind, run.model.segments, dim, config.gradients.seed) for name, (kind, dim) in options.items()}
+    seeds = args.seeds or [config.gradients.seed]
+    options = {f"{kind}-{dim}" + (f"-seed{seed}" if args.seeds else ""): (kind, dim, seed)
+               for seed in seeds for dim in args.dims for kind in args.kinds}
+    projectors = {name: make_projector(kind, run.model.segments, dim, seed) for name, (kind, dim, seed) in options.items()}
     sims = {name: np.zeros((len(examples), len(subtasks))) for name in ["exact", *options]}
     seconds = dict.fromkeys(sims, 0.0)
     for ckpt, weight in zip(ckpts, weights):
@@ -88,13 +92,13 @@ def main() -> None:
                 seconds[name] += time.perf_counter() - start
     exact, _ = aggregate(sims["exact"], subtasks)
     report = {"config": args.config, "sample": len(examples), "checkpoints": len(ckpts), "validation_items": len(subtasks),
-              "lora_params": sum(run.model.segments), "device": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu",
+              "lora_params": sum(run.model.segments), "sparse_map_version": MAP_VERSION, "device": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu",
               "sink_seconds": seconds, "options": {}}
-    print(f"{'option':14s} {'spearman':>9s} {'top5% overlap':>14s} {'sink s':>8s}")
+    print(f"{'option':20s} {'spearman':>9s} {'top5% overlap':>14s} {'sink s':>8s}")
     for name in options:
         scores, _ = aggregate(sims[name], subtasks)
         report["options"][name] = {"spearman": spearman(scores, exact), "top5_overlap": top_overlap(scores, exact)}
-        print(f"{name:14s} {report['options'][name]['spearman']:9.4f} {report['options'][name]['top5_overlap']:14.3f} {seconds[name]:8.1f}")
+        print(f"{name:20s} {report['options'][name]['spearman']:9.4f} {report['options'][name]['top5_overlap']:14.3f} {seconds[name]:8.1f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
