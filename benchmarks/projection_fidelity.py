@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from rose.config import load_config
 from rose.context import Run
@@ -80,7 +81,10 @@ def main() -> None:
         for name, projector in projectors.items():
             sinks[name] = ProjectedFeatures(projector, moments)
             val_features[name] = ProjectedFeatures(projector)([t.float() for t in targets])
-        for idx, parts in engine.per_example_grads(run.model.model, run.model.param_names, examples, SFTLoss(), config.gradients.batch_tokens, run.device):
+        grads = engine.per_example_grads(run.model.model, run.model.param_names, examples, SFTLoss(), config.gradients.batch_tokens, run.device)
+        bar = tqdm(total=len(examples), desc=f"checkpoint {ckpt.path.name}", unit="ex")
+        for idx, parts in grads:
+            bar.update(len(idx))
             parts = list(parts)
             for name, sink in sinks.items():
                 torch.cuda.synchronize() if run.device.type == "cuda" else None
@@ -90,6 +94,7 @@ def main() -> None:
                     out = out @ val_features[name].T
                 sims[name][idx] += weight * out.double().cpu().numpy()
                 seconds[name] += time.perf_counter() - start
+        bar.close()
     exact, _ = aggregate(sims["exact"], subtasks)
     report = {"config": args.config, "sample": len(examples), "checkpoints": len(ckpts), "validation_items": len(subtasks),
               "lora_params": sum(run.model.segments), "sparse_map_version": MAP_VERSION, "device": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu",
