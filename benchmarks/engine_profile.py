@@ -26,6 +26,7 @@ import torch
 from grad_throughput import (
     ARCHS,
     build,
+    floor_flops,
     floor_fractions,
     floor_params,
     make_examples,
@@ -156,7 +157,7 @@ def main() -> None:
     busy = sum(kernels.values()) / 1e6
     body, head = floor_params(model)
     tokens = sum(len(e) for e in examples)
-    flops = 4 * (body * tokens + head * sum(response_positions(e) for e in examples))
+    flops = floor_flops(4, body, head, tokens, sum(response_positions(e) for e in examples))
     report = {
         "card": card, "torch": torch.__version__, "arch": args.arch, "dtype": str(dtype), "compiled_blocks": compiled, "compiled_rope": bool(rope),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "trace")},

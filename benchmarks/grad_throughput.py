@@ -184,6 +184,13 @@ def floor_params(model: torch.nn.Module) -> tuple[int, int]:
     return body, head.numel()
 
 
+def floor_flops(passes: int, body: int, head: int, tokens: int, logit_positions: int) -> float:
+    """The matmul FLOPs no implementation avoids: `passes` x 2 per parameter and token through the
+    body, and through the LM head at the positions where logits are formed (4 passes for a forward
+    and a backward to the activations, 2 for a forward)."""
+    return passes * (body * tokens + head * logit_positions)
+
+
 def build(arch: str, r: int, alpha: float, device: torch.device, dtype: torch.dtype):
     config = getattr(transformers, CONFIG_CLASS.get(arch, "LlamaConfig"))(**ARCHS[arch])
     config._attn_implementation = "sdpa"
@@ -247,7 +254,7 @@ def run_arch(arch: str, args, lengths, device, dtype, tflops, spec) -> dict:
         runs = [timed(fn, device) for _ in range(args.repeats)]
         seconds, peak = statistics.median(s for s, _ in runs), max(p for _, p in runs)
         n, n_tokens = len(items), sum(len(e) for e in items)
-        flops = 4 * (body * n_tokens + head * logit_positions)
+        flops = floor_flops(4, body, head, n_tokens, logit_positions)
         fractions = floor_fractions(flops, seconds, tflops, spec)
         modes[name] = {"seconds": seconds, "seconds_per_repeat": [s for s, _ in runs], "examples": n,
                        "tokens": n_tokens, "logit_positions": logit_positions, "examples_per_s": n / seconds,

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 from grad_throughput import (  # the card's bf16 rates, as the throughput benchmark takes them
+    floor_flops,
     floor_fractions,
     matmul_tflops,
     spec_tflops,
@@ -115,7 +116,7 @@ def stage_table(run_dir: Path, body: int, head: int, tflops: float, spec: float)
     for name, row in rows.items():
         if "examples" in row:
             passes = 2 if name in FORWARD_ONLY else 4
-            flops = passes * (body * row["tokens"] + head * row["logit_positions"])
+            flops = floor_flops(passes, body, head, row["tokens"], row["logit_positions"])
             row |= {**floor_fractions(flops, row["seconds"], tflops, spec),
                     "floor_kind": "forward" if passes == 2 else "forward+backward"}
     return rows

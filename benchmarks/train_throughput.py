@@ -31,6 +31,7 @@ import torch
 from engine_profile import kernel_summary, kernel_times, print_summary
 from grad_throughput import (
     build,
+    floor_flops,
     floor_fractions,
     floor_params,
     make_examples,
@@ -93,7 +94,7 @@ def main() -> None:
                     "modes": {}}
 
     def record(name: str, seconds: float, peak: float, passes: int) -> None:
-        flops = passes * (body * tokens + head * positions)
+        flops = floor_flops(passes, body, head, tokens, positions)
         row = {"seconds": seconds, "examples_per_s": len(examples) / seconds, "tokens_per_s": tokens / seconds,
                **floor_fractions(flops, seconds, tflops, spec), "peak_memory_gb": peak}
         report["modes"][name] = row
