@@ -281,16 +281,23 @@ def test_precondition_adam_divides_validation_gradients_by_the_second_moment(var
     assert _cos(stored, _features(variant("paper", method="rose-paper"), "val", ckpt)).max() < 0.9  # measured 0.82
 
 
-def test_checkpoint_weights_lr_dpo_weigh_each_pair_by_its_dpo_sigmoid(variant):
-    run = variant("lr_dpo", {"gradients.dpo_beta": 20.0}, checkpoint_weights="lr_dpo")  # the tiny warm-up moves margins by 0.01 nats: sigmoids apart
+def _stored_and_own_dpo_sigmoids(run) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per checkpoint: the stored DPO weights, and sigma(-beta * margin) of each pair from the model's own forward."""
     ref, beta = np.load(run.dir / "base_logprobs/validation_logps.npy"), run.config.gradients.dpo_beta
-    sigmoids = []
+    out = []
     for ckpt in run.checkpoints():
         run.model.load_adapter(ckpt.adapter)
         with torch.no_grad():
             logps = np.array([[float(_own_logp(run.model.model, s)[0]) for s in pair] for pair in run.validation.encoded])
         own = 1 / (1 + np.exp(beta * ((logps[:, 0] - ref[:, 0]) - (logps[:, 1] - ref[:, 1]))))
-        stored = np.load(run.dir / "grads/val" / ckpt.path.name / "dpo_weights.npy")
+        out.append((np.load(run.dir / "grads/val" / ckpt.path.name / "dpo_weights.npy"), own))
+    return out
+
+
+def test_checkpoint_weights_lr_dpo_weigh_each_pair_by_its_dpo_sigmoid(variant):
+    run = variant("lr_dpo", {"gradients.dpo_beta": 20.0}, checkpoint_weights="lr_dpo")  # the tiny warm-up moves margins by 0.01 nats: sigmoids apart
+    sigmoids = []
+    for stored, own in _stored_and_own_dpo_sigmoids(run):
         assert np.abs(stored - own).max() < 1e-4
         sigmoids.append(own)
     raw = _weights(run)[:, None] * np.stack(sigmoids)
@@ -298,6 +305,13 @@ def test_checkpoint_weights_lr_dpo_weigh_each_pair_by_its_dpo_sigmoid(variant):
     assert np.abs(weights - np.repeat(_weights(run)[:, None], 4, axis=1)).max() > 0.01  # the pairs' weights differ
     val = [_features(run, "val", c) for c in run.checkpoints()]
     assert np.abs(_stored(run, "per_pair.npy") - _by_definition(run, val, weights)).max() < 1e-4
+
+
+def test_checkpoint_weights_lr_dpo_with_sides_apart_take_the_log_probs_of_the_two_sides_passes(variant):
+    run = variant("lr_dpo-apart", {"gradients.dpo_beta": 20.0}, checkpoint_weights="lr_dpo", sides="apart")
+    for stored, own in _stored_and_own_dpo_sigmoids(run):
+        assert np.abs(stored - own).max() < 1e-4
+        assert np.ptp(own) > 0.01  # chosen and rejected not swapped or mixed up between pairs
 
 
 def test_checkpoint_weights_last_uses_the_last_checkpoint_alone(variant):

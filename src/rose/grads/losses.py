@@ -224,4 +224,20 @@ class DPOLoss:
         return dpo_losses(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], self.beta).sum()
 
 
-ItemLoss = SFTLoss | DPOLoss
+class RecordedLoss:
+    """An item loss that keeps each sequence's summed response log-prob and token count, [items,
+    sequences per item], as the gradient pass forms them: what the DPO sigmoid weights need, with
+    no second forward pass over the same sequences."""
+
+    def __init__(self, loss: SFTLoss | DPOLoss, n_items: int) -> None:
+        self.loss, self.sequences_per_item, self.sequences = loss, loss.sequences_per_item, loss.sequences
+        self.logps = torch.zeros(n_items, self.sequences_per_item, dtype=torch.float64)
+        self.counts = torch.zeros(n_items, self.sequences_per_item, dtype=torch.long)
+
+    def __call__(self, logp: torch.Tensor, n_tokens: torch.Tensor, items: Sequence[int]) -> torch.Tensor:
+        self.logps[items] = logp.detach().double().cpu().view(len(items), -1)
+        self.counts[items] = n_tokens.cpu().view(len(items), -1)
+        return self.loss(logp, n_tokens, items)
+
+
+ItemLoss = SFTLoss | DPOLoss | RecordedLoss

@@ -8,12 +8,13 @@ response. The method's options
 (`SelectionOptions`) can instead take the chosen and rejected responses' gradients apart
 (`sides=apart`), the DPO margin from per-token log-probs (`dpo_logprobs=mean`) and divide the
 gradients by Adam's sqrt(v + eps) (`precondition=adam`). For DPO it also stores each pair's
-sigmoid weight at the checkpoint, for `checkpoint_weights=lr_dpo`.
+sigmoid weight at the checkpoint, for `checkpoint_weights=lr_dpo`, from the log-probs that the gradient
+pass formed (no second forward pass).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from . import Stage, register_stage, work
@@ -99,24 +100,32 @@ def target_grads(run: Run, target: ValidationTarget, sink) -> torch.Tensor:
     return out
 
 
-def dpo_weights(run: Run) -> torch.Tensor:
-    """[M] each validation pair's DPO sigmoid weight under the loaded checkpoint."""
-    import torch
-
+def policy_logprobs(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """([M, 2] summed response log-probs, [M, 2] token counts) of each validation pair's (chosen,
+    rejected) under the loaded checkpoint, by a forward pass: for when no gradients are taken."""
     from ..grads.engine import sequence_logprobs
-    from ..grads.losses import dpo_sigmoid_weights
 
     pairs = run.validation.encoded
     logps, counts = sequence_logprobs(run.model.model, [s for pair in pairs for s in pair], run.config.gradients.batch_tokens,
                                       run.device)
+    return logps.view(-1, 2), counts.view(-1, 2)
+
+
+def dpo_weights(run: Run, logps: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[M] each validation pair's DPO sigmoid weight from its [M, 2] policy log-probs and token counts."""
+    import torch
+
+    from ..grads.losses import dpo_sigmoid_weights
+
     reference = torch.from_numpy(read_base_logprobs(run, "validation"))
-    return dpo_sigmoid_weights(logps.view(-1, 2), reference, counts.view(-1, 2), run.config.gradients.dpo_beta,
-                               run.options.dpo_logprobs == "mean")
+    return dpo_sigmoid_weights(logps, reference, counts, run.config.gradients.dpo_beta, run.options.dpo_logprobs == "mean")
 
 
 def val_grads(run: Run, sd: StageDir) -> dict:
+    import torch
     from tqdm.auto import tqdm
 
+    from ..grads.losses import RecordedLoss
     from ..grads.sinks import ProjectedFeatures
     from ..numerics import check_validation_features
     from ..store import save_array
@@ -135,13 +144,16 @@ def val_grads(run: Run, sd: StageDir) -> dict:
         folder = sd.path / ckpt.path.name
         if projected:
             sink = ProjectedFeatures(features, preconditioner(run, ckpt))
-            for target in targets:
-                grads = target_grads(run, target, sink)
+            recorded = [RecordedLoss(t.loss, len(t.items)) for t in targets]  # the pairs' log-probs, for their weights
+            for target, loss in zip(targets, recorded):
+                grads = target_grads(run, replace(target, loss=loss), sink)
                 check_validation_features(grads.numpy(), info["ids"], "val-grads", ckpt.path.name)
                 if run.dist.is_main:  # a sharded model's processes all compute them (`Stage.on_every_process`)
                     save_array(folder / f"{target.name}.npy", grads.float().numpy())
-        if with_weights:
-            weights = dpo_weights(run)
+        if with_weights:  # (chosen, rejected) from the pairs' pass or the two sides' passes
+            logps, counts = ((torch.cat([r.logps for r in recorded], 1), torch.cat([r.counts for r in recorded], 1)) if projected
+                             else policy_logprobs(run))
+            weights = dpo_weights(run, logps, counts)
             if run.dist.is_main:
                 save_array(folder / DPO_WEIGHTS, weights.double().numpy())
     sequences = [s for t in targets for item in t.items for s in (item if isinstance(item, tuple) else (item,))]
