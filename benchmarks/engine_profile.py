@@ -35,6 +35,7 @@ from grad_throughput import (
     spec_tflops,
     sync,
 )
+from sketch_shapes import GroupedSparseProjector
 
 from rose.grads import engine
 from rose.grads.adam import AdamMoments
@@ -113,6 +114,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15, help="Kernels printed by time (the JSON keeps them all).")
     parser.add_argument("--eager-rope", action="store_true",
                         help="Leave the rotary embedding eager (as before it was compiled with the blocks), to compare.")
+    parser.add_argument("--table", default="permuted", choices=["permuted", "grouped"],
+                        help="The sparse sketch's table: the projector's, or sketch_shapes.py's candidate with 16-coordinate groups.")
     parser.add_argument("--trace", help="Also write the Chrome trace here (large).")
     parser.add_argument("--out", default="docs/benchmarks/engine_profile.json")
     args = parser.parse_args()
@@ -131,7 +134,8 @@ def main() -> None:
     gen = torch.Generator(device="cpu").manual_seed(0)
     moments = AdamMoments((torch.randn(sum(segments), generator=gen) * 1e-4).to(device),
                           (torch.rand(sum(segments), generator=gen) * 1e-8).to(device), 0.9, 0.999, 1e-8)
-    sink = ProjectedFeatures(SparseProjector(segments, args.dim, 0), moments)
+    table = GroupedSparseProjector if args.table == "grouped" else SparseProjector
+    sink = ProjectedFeatures(table(segments, args.dim, 0), moments)
     compiled = compile_lora_free_blocks(model) if device.type == "cuda" else 0
     rope = compile_rotary_embedding(model) if device.type == "cuda" and not args.eager_rope else 0
 

@@ -6,7 +6,7 @@ projections at the given dimensions. Scores are aggregated exactly as ROSE does 
 checkpoints, mean over shots, max over subtasks); each option's Spearman correlation with the exact
 scores and the overlap of its top 5% with the exact top 5% are reported.
 
-    python benchmarks/projection_fidelity.py configs/shp.yaml --sample 4000 --out docs/benchmarks/projection_fidelity.json
+    PYTHONPATH=src:benchmarks python benchmarks/projection_fidelity.py configs/shp.yaml --sample 4000 --out docs/benchmarks/projection_fidelity.json
 (runs, or reuses, the warm-up and validation stages of that config first)
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sketch_shapes import GroupedSparseProjector
 from tqdm import tqdm
 
 from rose.config import load_config
@@ -49,7 +50,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--sample", type=int, default=4000)
     parser.add_argument("--dims", type=int, nargs="+", default=[8192, 32768])
-    parser.add_argument("--kinds", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"])
+    parser.add_argument("--kinds", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense", "grouped"],
+                        help="grouped: the candidate sparse table of sketch_shapes.py (16-coordinate groups), not the projector's")
     parser.add_argument("--seeds", type=int, nargs="+", help="Projection seeds, each its own option (default: the config's).")
     parser.add_argument("--cache", help="Shared stage folder (as compare.cache_dir) to reuse a warm-up from.")
     parser.add_argument("--out", required=True)
@@ -68,7 +70,8 @@ def main() -> None:
     seeds = args.seeds or [config.gradients.seed]
     options = {f"{kind}-{dim}" + (f"-seed{seed}" if args.seeds else ""): (kind, dim, seed)
                for seed in seeds for dim in args.dims for kind in args.kinds}
-    projectors = {name: make_projector(kind, run.model.segments, dim, seed) for name, (kind, dim, seed) in options.items()}
+    projectors = {name: GroupedSparseProjector(run.model.segments, dim, seed) if kind == "grouped" else make_projector(kind, run.model.segments, dim, seed)
+                  for name, (kind, dim, seed) in options.items()}
     sims = {name: np.zeros((len(examples), len(subtasks))) for name in ["exact", *options]}
     seconds = dict.fromkeys(sims, 0.0)
     for ckpt, weight in zip(ckpts, weights):

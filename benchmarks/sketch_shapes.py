@@ -30,16 +30,26 @@ from rose.grads.project import SparseProjector
 from rose.grads.sketch_triton import SHAPES, adam_sketch
 
 
-def grouped_order(width: int, d: int, seed: int) -> torch.Tensor:
-    """A table like `SparseProjector.table`'s order, with each chunk permuted in groups of 16."""
-    gen = torch.Generator().manual_seed(seed)
-    group = math.gcd(d, 16)
-    lanes = torch.arange(group)
-    chunks = []
-    for k in range(math.ceil(width / d)):
-        groups, masks = torch.randperm(d // group, generator=gen), torch.randint(0, group, (d // group,), generator=gen)
-        chunks.append((groups[:, None] * group + (lanes[None, :] ^ masks[:, None])).flatten() + k * d)
-    return torch.cat(chunks)
+class GroupedSparseProjector(SparseProjector):
+    """`SparseProjector` with the candidate table: each chunk permuted in groups of 16 coordinates,
+    a random XOR inside each group (same per-segment seeds, same signs' distribution)."""
+
+    def table(self, segment: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        key = (segment, device)
+        if key not in self._tables:
+            d = self.out_dim
+            per_bucket = math.ceil(self.segments[segment] / d)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + segment)
+            group = math.gcd(d, 16)
+            lanes = torch.arange(group)
+            chunks = []
+            for k in range(per_bucket):
+                groups, masks = torch.randperm(d // group, generator=gen), torch.randint(0, group, (d // group,), generator=gen)
+                chunks.append((groups[:, None] * group + (lanes[None, :] ^ masks[:, None])).flatten() + k * d)
+            order = torch.cat(chunks)
+            signs = (torch.randint(0, 2, (order.numel(),), generator=gen) * 2 - 1).float()
+            self._tables[key] = (order.to(device), signs.to(device), per_bucket)
+        return self._tables[key]
 
 
 def main() -> None:
@@ -53,11 +63,11 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = torch.device("cuda")
-    projector = SparseProjector(args.widths, args.dim, 0)
+    projector, grouped = SparseProjector(args.widths, args.dim, 0), GroupedSparseProjector(args.widths, args.dim, 0)
     rows = []
     for k, width in enumerate(args.widths):
         order, signs, per_bucket = projector.table(k, device)
-        orders = {"permuted": order, "grouped": grouped_order(width, args.dim, k).to(device)}
+        orders = {"permuted": order, "grouped": grouped.table(k, device)[0]}
         adam = AdamMoments(torch.rand(width, device=device) * 1e-3, torch.rand(width, device=device) * 1e-6, 0.9, 0.999, 1e-8)
         for batch in args.batches:
             g = torch.randn(batch, width, device=device, dtype=torch.bfloat16) * 1e-3
