@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 from .adam import AdamMoments
 
@@ -52,9 +53,18 @@ def _adam_sketch(g_ptr, m_ptr, v_ptr, order_ptr, signs_ptr, out_ptr, B, B_CLASS,
     tl.store(out_ptr + rows[:, None] * stride_out + buckets[None, :], acc, mask=rows_live[:, None] & live[None, :])
 
 
+def _quick_bench(kernel_call, quantiles):
+    """Time one candidate shape for 20 ms after 5 ms of warm-up (Triton's default is 100 + 25): a
+    call takes 20-700 us, so that is still 30+ runs, and an 8B model's eight keys were 19 s of
+    tuning at the start of every process (H200)."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
+#: Tuned once per key and kept in Triton's cache folder (`cache_results`), so later processes on the
+#: same machine (the next stage, a resumed run, `rose compare`'s workers) skip the tuning.
 _tuned_adam_sketch = triton.autotune(
     configs=[triton.Config({"ROWS": rows, "BLOCK": block}, num_warps=warps) for rows, block, warps in SHAPES],
-    key=["B_CLASS", "D", "d", "ADAM"])(_adam_sketch)
+    key=["B_CLASS", "D", "d", "ADAM"], do_bench=_quick_bench, cache_results=True)(_adam_sketch)
 
 
 def adam_sketch(g: torch.Tensor, order: torch.Tensor, signs: torch.Tensor, per_bucket: int,
