@@ -61,7 +61,7 @@ def _quick_bench(kernel_call, quantiles):
 
 
 #: Tuned once per key and kept in Triton's cache folder (`cache_results`), so later processes on the
-#: same machine (the next stage, a resumed run, `rose compare`'s workers) skip the tuning.
+#: same machine (a stage run on its own, a resumed run, `rose compare`'s workers) skip the tuning.
 _tuned_adam_sketch = triton.autotune(
     configs=[triton.Config({"ROWS": rows, "BLOCK": block}, num_warps=warps) for rows, block, warps in SHAPES],
     key=["B_CLASS", "D", "d", "ADAM"], do_bench=_quick_bench, cache_results=True)(_adam_sketch)
