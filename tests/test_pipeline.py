@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FOLDERS, llama_config, tiny_config
 
+from rose.config import load_config
 from rose.context import Run
 from rose.demo import PLANTED, planted_precision
 from rose.errors import RunDirError
@@ -57,6 +58,10 @@ def test_rerun_skips_finished_stages_and_later_stages_follow_config_changes(tiny
     run_dir, config, _ = tiny_run
     before = {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
     run_stages(config)
+    assert before == {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
+    recorded = load_config(run_dir / "config.yaml")  # the config the run recorded, with rose's version and git sha
+    assert recorded == config
+    run_stages(recorded)
     assert before == {f: (run_dir / f / MANIFEST).stat().st_mtime_ns for f in FOLDERS}
     with pytest.raises(RunDirError, match="another config"):
         run_stages(llama_config(run_dir, demo_files, tiny_model_dir, **{"select.fraction": 0.5}), ["select"])

@@ -575,17 +575,24 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+#: What `rose run` records beside the settings in a run's config.yaml (`pipeline.record_config`):
+#: which rose wrote it. Not settings, so a recorded config is read back without them.
+RECORDED_KEYS = ("rose_version", "git_sha")
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: dict | None = None) -> RunConfig:
     """Read a YAML config (or start from `base`), apply overrides, and build a checked RunConfig.
 
     Relative paths in the file resolve against the file's folder; those given as overrides or in
-    `base` resolve against the current directory. Every value is checked here, so a typo is
-    reported before any data or model is read; errors name the file (or the override) and the key.
+    `base` resolve against the current directory. A run's recorded config.yaml reads back as it ran.
+    Every value is checked here, so a typo is reported before any data or model is read; errors name
+    the file (or the override) and the key.
     """
     data, base_dir, where = base or {}, Path.cwd(), None
     if path is not None:
         path = Path(path)
         data, base_dir, where = read_config_file(path), path.resolve().parent, str(path)
+        data = {k: v for k, v in data.items() if k not in RECORDED_KEYS}
     try:
         config = build(RunConfig, data, base_dir=base_dir)
     except ConfigError as e:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .config import RunConfig, to_dict
+from .config import RECORDED_KEYS, RunConfig, to_dict
 from .context import Run
 from .distributed import Dist
 from .errors import RunDirError
@@ -48,10 +48,10 @@ def previous_config(run_dir: Path) -> dict:
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """The dotted config fields whose values differ, as `field: old -> new` lines (versions left out)."""
+    """The dotted config fields whose values differ, as `field: old -> new` lines (`RECORDED_KEYS` left out)."""
     out = []
     for key in sorted(set(old) | set(new), key=str):
-        if not prefix and key in ("rose_version", "git_sha"):
+        if not prefix and key in RECORDED_KEYS:
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
