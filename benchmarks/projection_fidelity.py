@@ -98,6 +98,7 @@ def main() -> None:
                 sims[name][idx] += weight * out.double().cpu().numpy()
                 seconds[name] += time.perf_counter() - start
         bar.close()
+        del targets, sinks, val_features  # before the next checkpoint's: full-width gradients (4 GB at r=128 on SmolLM2)
     exact, _ = aggregate(sims["exact"], subtasks)
     report = {"config": args.config, "sample": len(examples), "checkpoints": len(ckpts), "validation_items": len(subtasks),
               "lora_params": sum(run.model.segments), "sparse_map_version": MAP_VERSION, "device": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu",
