@@ -33,6 +33,8 @@ def stage_rows(run_dir: Path) -> dict[str, dict]:
         row = {"seconds": seconds, "peak_gpu_gb": manifest.get("peak_gpu_gb")}
         if work:
             row |= {**work, "examples_per_s": work["examples"] / seconds, "tokens_per_s": work["tokens"] / seconds}
+        if "checkpoint_seconds" in manifest:  # gradient stages: the first checkpoint carries the process's start
+            row["checkpoint_seconds"] = manifest["checkpoint_seconds"]
         rows[name] = row
     return rows
 

@@ -69,6 +69,15 @@ def test_rerun_skips_finished_stages_and_later_stages_follow_config_changes(tiny
         run_stages(llama_config(run_dir, demo_files, tiny_model_dir, **{"lora.r": 8}), ["warmup"])
 
 
+def test_gradient_stages_record_each_checkpoints_wall_time(tiny_run):
+    run_dir, _, run = tiny_run
+    for folder in ("grads/val", "grads/train"):
+        manifest = read_json(run_dir / folder / MANIFEST)
+        seconds = manifest["checkpoint_seconds"]
+        assert list(seconds) == [c.path.name for c in run.checkpoints()] and min(seconds.values()) > 0
+        assert sum(seconds.values()) <= manifest["seconds"]
+
+
 def test_a_stage_needs_its_inputs(tmp_path, demo_files):
     with pytest.raises(RunDirError, match="run `rose warmup`"):
         run_stages(tiny_config(tmp_path, demo_files), ["train-grads"])

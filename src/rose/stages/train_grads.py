@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 
 def train_grads(run: Run, sd: StageDir) -> dict:
+    import time
+
     import numpy as np
     import torch
     from tqdm.auto import tqdm
@@ -40,12 +42,14 @@ def train_grads(run: Run, sd: StageDir) -> dict:
     shards = shard_ranges(len(encoded), cfg.shard_size)
     mine = shards if run.sharded else [s for i, s in enumerate(shards) if i % run.dist.world == run.dist.rank]
     bar = tqdm(total=len(ckpts) * sum(b - a for a, b in mine), desc="train gradients", unit="ex", disable=not run.dist.is_main)
+    seconds = {}  # wall time per checkpoint computed by this call: the first also carries compilation and kernel tuning
     for ckpt in ckpts:
         folder = sd.path / ckpt.path.name
         todo = [(a, b) for a, b in mine if not (folder / shard_name(a, b)).is_file()]
         bar.update(sum(b - a for a, b in mine) - sum(b - a for a, b in todo))
         if not todo:
             continue
+        started = time.perf_counter()
         model.load_adapter(ckpt.adapter)
         moments = ckpt.moments(model.param_names).to(run.device)
         if exact:  # the cosines with every validation target's rows, target after target
@@ -65,13 +69,14 @@ def train_grads(run: Run, sd: StageDir) -> dict:
             out = _shard_features(run, sink, encoded[start:stop], np.float32 if exact else np.float16, bar)
             if run.dist.is_main or not run.sharded:
                 save_array(folder / shard_name(start, stop), out)
+        seconds[ckpt.path.name] = time.perf_counter() - started
     bar.close()
     run.dist.barrier()  # every shard is written; each process checks them all, so that all raise alike
     ids = [e.id for e in run.pool.records]
     shards = {c.path.name: open_shards(sd.path / c.path.name, len(encoded), cfg.shard_size) for c in ckpts}
     dropped = pool_rows_to_drop(shards, ids, "train-grads")
     return {"n": len(encoded), "shard_size": cfg.shard_size, "exact": exact, "checkpoints": [c.path.name for c in ckpts],
-            "dropped": [ids[i] for i in dropped], **work(len(encoded), encoded, len(ckpts))}
+            "dropped": [ids[i] for i in dropped], "checkpoint_seconds": seconds, **work(len(encoded), encoded, len(ckpts))}
 
 
 def _shard_features(run: Run, sink, items: list, dtype, bar) -> np.ndarray:

@@ -122,6 +122,8 @@ def dpo_weights(run: Run, logps: torch.Tensor, counts: torch.Tensor) -> torch.Te
 
 
 def val_grads(run: Run, sd: StageDir) -> dict:
+    import time
+
     import torch
     from tqdm.auto import tqdm
 
@@ -139,7 +141,9 @@ def val_grads(run: Run, sd: StageDir) -> dict:
     if not projected and not with_weights:
         return info
     features = projector(run) if projected else None
+    seconds = {}  # wall time per checkpoint: the first also carries compilation and kernel tuning
     for ckpt in tqdm(ckpts, desc="validation gradients", unit="ckpt", disable=not run.dist.is_main):
+        started = time.perf_counter()
         run.model.load_adapter(ckpt.adapter)
         folder = sd.path / ckpt.path.name
         if projected:
@@ -156,8 +160,9 @@ def val_grads(run: Run, sd: StageDir) -> dict:
             weights = dpo_weights(run, logps, counts)
             if run.dist.is_main:
                 save_array(folder / DPO_WEIGHTS, weights.double().numpy())
+        seconds[ckpt.path.name] = time.perf_counter() - started
     sequences = [s for t in targets for item in t.items for s in (item if isinstance(item, tuple) else (item,))]
-    return {**info, **work(len(pairs), sequences, len(ckpts))}
+    return {**info, "checkpoint_seconds": seconds, **work(len(pairs), sequences, len(ckpts))}
 
 
 def _key(k) -> list:
