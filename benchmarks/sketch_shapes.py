@@ -34,22 +34,11 @@ class GroupedSparseProjector(SparseProjector):
     """`SparseProjector` with the candidate table: each chunk permuted in groups of 16 coordinates,
     a random XOR inside each group (same per-segment seeds, same signs' distribution)."""
 
-    def table(self, segment: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-        key = (segment, device)
-        if key not in self._tables:
-            d = self.out_dim
-            per_bucket = math.ceil(self.segments[segment] / d)
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + segment)
-            group = math.gcd(d, 16)
-            lanes = torch.arange(group)
-            chunks = []
-            for k in range(per_bucket):
-                groups, masks = torch.randperm(d // group, generator=gen), torch.randint(0, group, (d // group,), generator=gen)
-                chunks.append((groups[:, None] * group + (lanes[None, :] ^ masks[:, None])).flatten() + k * d)
-            order = torch.cat(chunks)
-            signs = (torch.randint(0, 2, (order.numel(),), generator=gen) * 2 - 1).float()
-            self._tables[key] = (order.to(device), signs.to(device), per_bucket)
-        return self._tables[key]
+    @staticmethod
+    def chunk_order(d: int, gen: torch.Generator) -> torch.Tensor:
+        group = math.gcd(d, 16)
+        groups, masks = torch.randperm(d // group, generator=gen), torch.randint(0, group, (d // group,), generator=gen)
+        return (groups[:, None] * group + (torch.arange(group)[None, :] ^ masks[:, None])).flatten()
 
 
 def main() -> None:

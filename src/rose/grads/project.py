@@ -108,10 +108,15 @@ class SparseProjector(Projector):
             per_bucket = math.ceil(self.segments[segment] / d)  # = chunks of d coordinates
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + segment)
             # chunk k sends coordinate order[k * d + j] to bucket j; ids past the segment are padding
-            order = torch.cat([torch.randperm(d, generator=gen) + k * d for k in range(per_bucket)])
+            order = torch.cat([self.chunk_order(d, gen) + k * d for k in range(per_bucket)])
             signs = (torch.randint(0, 2, (order.numel(),), generator=gen) * 2 - 1).float()
             self._tables[key] = (order.to(device), signs.to(device), per_bucket)
         return self._tables[key]
+
+    @staticmethod
+    def chunk_order(d: int, gen: torch.Generator) -> torch.Tensor:
+        """Which of a chunk's d coordinates goes to each bucket: a random permutation."""
+        return torch.randperm(d, generator=gen)
 
     def buckets(self, segment: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The table inverted, on the CPU: each coordinate's bucket and sign, for projecting by scatter-add."""
